@@ -1,0 +1,375 @@
+r"""The training loop of Algorithm 3, agnostic of conditioning.
+
+The engine sees batches ``(inputs, context-or-None)``, a flow :math:`p_\theta` and an energy
+:math:`f_\psi` with the ``(S, C, d)`` interface of :mod:`sbi_jeffreys.nets`, and the dual state.
+Each step: draw M proposal samples per condition under stop-gradient and estimate
+:math:`\log\zeta` (Alg. 2); draw reverse-KL samples (reparameterized or stop-gradient);
+backpropagate the primal surrogate (eqs. 15, 18); take Adam steps for θ and ψ; ascend λ (eq. 19).
+
+Design choices the paper leaves open (DESIGN §8): the ζ-samples and the reverse-KL samples are
+independent draws (the reverse-KL ones need gradients under the reparameterized estimator, and
+independence keeps the product of estimates in eq. 15 unbiased); ζ is the self-normalized
+1/M estimate. All per-step statistics stay on the device; the host syncs once per log point.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sbi_jeffreys.objective import (
+    MULTIPLIERS,
+    DualState,
+    Terms,
+    constraint_slacks,
+    log_partition,
+    primal_surrogate,
+)
+from sbi_jeffreys.objective.lagrangian import constraint_values
+
+Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
+
+
+class TrainingDivergedError(RuntimeError):
+    """Raised when training diverged (NaN/inf or a runaway ζ) more often than rollbacks allow."""
+
+
+@dataclass
+class JeffreysConfig:
+    """Hyper-parameters of the dual training (defaults: App. D.2, 2D density estimation)."""
+
+    flow_lr: float = 1e-3
+    energy_lr: float = 1e-4
+    multiplier_lr: float = 1e-4
+    zeta_multiplier_lr: float = 1e-3
+    multiplier_optimizer: str = "sgd"
+    multiplier_init: float = 0.01
+    eps_zeta: float = 0.1
+    negative_nll: bool = True
+    num_zeta_samples: int = 1000
+    num_rv_samples: int | None = None
+    gradient_estimator: str = "reparameterized"
+    score_baseline: bool = True
+    kl_weight: float = 1.0
+    zeta_every: int = 1
+    betas: tuple[float, float] = (0.0, 0.9)
+    clip_max_norm: float | None = None
+    max_log_zeta: float = 20.0
+    max_rollbacks: int = 3
+
+    def __post_init__(self) -> None:
+        if self.gradient_estimator not in ("reparameterized", "score"):
+            raise ValueError("gradient_estimator must be 'reparameterized' or 'score'.")
+        for name in ("flow_lr", "energy_lr", "num_zeta_samples", "zeta_every"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
+        self.betas = tuple(self.betas)
+
+
+def _checked(x: Tensor, name: str, dim: int | None = None) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}.")
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (batch, features) with batch > 0, got {tuple(x.shape)}.")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has {x.shape[1]} features, the model expects {dim}.")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values.")
+
+
+def check_data(inputs: Tensor, context: Tensor | None = None, dim: int | None = None) -> None:
+    """Clear errors for bad training data: type, dtype, shape, emptiness, NaN/inf."""
+    _checked(inputs, "inputs", dim)
+    if context is not None:
+        _checked(context, "context")
+        if context.shape[0] != inputs.shape[0]:
+            raise ValueError(f"inputs ({inputs.shape[0]}) and context ({context.shape[0]}) differ in batch size.")
+
+
+class JeffreysTrainer:
+    """Gradient descent-ascent on the Lagrangian of eq. 11 (Algorithm 3).
+
+    Args:
+        flow: the main model; ``log_prob(inputs (S, C, d), condition)`` and
+            ``sample_and_log_prob(shape, condition)`` as sbi's ``ConditionalDensityEstimator``.
+        energy: the proxy; ``energy(inputs (S, C, d), condition) -> (S, C)``.
+        config: :class:`JeffreysConfig`.
+    """
+
+    def __init__(self, flow: nn.Module, energy: nn.Module, config: JeffreysConfig | None = None):
+        self.flow, self.energy = flow, energy
+        self.config = config = config or JeffreysConfig()
+        device = next(flow.parameters()).device
+        self.dual = DualState(
+            init=config.multiplier_init, lr=config.multiplier_lr, zeta_lr=config.zeta_multiplier_lr,
+            optimizer=config.multiplier_optimizer, negative_nll=config.negative_nll,
+        ).to(device)
+        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.betas)
+        self.opt_energy = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
+        self.step_count = 0
+        self.epoch = 0
+        self.rollbacks = 0
+        self.history: dict[str, list[float]] = {}
+        self.best: dict | None = None  # {"metric": float, "epoch": int, "flow": sd, "energy": sd}
+        self._good: dict | None = None
+        self._zeta_cache: tuple[Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------------ one step
+    def terms(self, inputs: Tensor, context: Tensor | None = None) -> Terms:
+        """Evaluate every quantity of eq. 11 for one batch (Algorithm 3, lines 3-7)."""
+        cfg = self.config
+        if context is None and cfg.zeta_every > 1:
+            # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
+            if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
+                with torch.no_grad():
+                    self._zeta_cache = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+            y_z, logp_z = self._zeta_cache
+        else:
+            with torch.no_grad():
+                y_z, logp_z = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+        log_zeta = log_partition(self.energy(y_z, context), logp_z)
+
+        k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
+        if cfg.gradient_estimator == "reparameterized":
+            y, logp_y = self.flow.sample_and_log_prob((k,), context)
+        else:
+            with torch.no_grad():
+                y = self.flow.sample_and_log_prob((k,), context)[0]
+            logp_y = self.flow.log_prob(y, context)
+        f_y = self.energy(y, context)
+        logp_x = self.flow.log_prob(inputs.unsqueeze(0), context)[0]
+        f_x = self.energy(inputs.unsqueeze(0), context)[0]
+        return Terms(logp_x, f_x, logp_y, f_y, log_zeta, cfg.gradient_estimator == "reparameterized")
+
+    def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
+        """One GDA step; returns detached 0-d device tensors (no host sync)."""
+        cfg = self.config
+        self.flow.train(), self.energy.train()
+        lam = self.dual.value.clone()
+        t = self.terms(inputs, context)
+        loss = primal_surrogate(t, lam, cfg.kl_weight, cfg.score_baseline)
+        self.opt_flow.zero_grad(set_to_none=True)
+        self.opt_energy.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.clip_max_norm is not None:
+            nn.utils.clip_grad_norm_(self.flow.parameters(), cfg.clip_max_norm)
+            nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.clip_max_norm)
+        self.opt_flow.step()
+        self.opt_energy.step()
+        values = constraint_values(t, cfg.kl_weight)
+        slacks = constraint_slacks(values, lam, cfg.eps_zeta, cfg.negative_nll)
+        self.dual.ascend(slacks)
+        self.step_count += 1
+        stats = dict(values)
+        stats.update({f"lambda_{n}": lam[i] for i, n in enumerate(MULTIPLIERS)})
+        stats.update({f"slack_{n}": slacks[i] for i, n in enumerate(MULTIPLIERS)})
+        return stats
+
+    @torch.no_grad()
+    def evaluate(self, inputs: Tensor, context: Tensor | None = None, batch_size: int = 10_000) -> dict[str, float]:
+        """Held-out metrics: NLL of :math:`p_\\theta`, NLL of :math:`q_\\psi` (with a fresh ζ
+        estimate per condition), KL and log ζ, averaged over mini-batches."""
+        self.flow.eval(), self.energy.eval()
+        sums: dict[str, float] = {}
+        n = inputs.shape[0]
+        for i in range(0, n, batch_size):
+            x = inputs[i : i + batch_size]
+            c = None if context is None else context[i : i + batch_size]
+            t = self.terms(x, c) if self.config.gradient_estimator == "score" else self._eval_terms(x, c)
+            for key, v in constraint_values(t, self.config.kl_weight).items():
+                sums[key] = sums.get(key, 0.0) + float(v) * x.shape[0] / n
+        return {f"val_{k}": v for k, v in sums.items()}
+
+    def _eval_terms(self, x: Tensor, c: Tensor | None) -> Terms:
+        cfg = self.config
+        saved, cfg.gradient_estimator = cfg.gradient_estimator, "score"
+        try:
+            return self.terms(x, c)
+        finally:
+            cfg.gradient_estimator = saved
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        batches: Batches,
+        max_epochs: int,
+        validate: Callable[[], dict[str, float]] | None = None,
+        monitor: str = "val_nll_p",
+        stop_after_epochs: int | None = None,
+        log_every: int = 1,
+        show_progress: bool = True,
+        on_log: Callable[[int, dict[str, float]], None] | None = None,
+        checkpoint: Callable[["JeffreysTrainer"], None] | None = None,
+    ) -> dict[str, list[float]]:
+        """Run epochs until ``max_epochs`` (counting those already done, so a resumed run
+        continues where it stopped) or early stopping on ``monitor`` (lower is better).
+
+        Every ``log_every`` epochs: average the step statistics, run ``validate``, check for
+        divergence (rolling back to the last good state, halving the learning rates, at most
+        ``config.max_rollbacks`` times), record the history, call ``on_log`` and ``checkpoint``.
+        At the end the best state under ``monitor`` (if validated) is restored.
+        """
+        bar = tqdm(total=max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training")
+        sums: dict[str, Tensor] = {}
+        count = 0
+        while self.epoch < max_epochs:
+            for x, c in batches():
+                for key, v in self.step(x, c).items():
+                    sums[key] = sums[key] + v if key in sums else v.clone()
+                count += 1
+            self.epoch += 1
+            bar.update(1)
+            if self.epoch % log_every and self.epoch < max_epochs:
+                continue
+            record = {k: float(v) / count for k, v in zip(sums, torch.stack(list(sums.values())).cpu())}
+            sums, count = {}, 0
+            if validate is not None:
+                record.update(validate())
+            if not self._healthy(record):
+                self._rollback(record)
+                continue
+            self._good = self._snapshot()
+            record["epoch"] = float(self.epoch)
+            for key, v in record.items():
+                self.history.setdefault(key, []).append(v)
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("nll_p", monitor, "log_zeta") if k in record})
+            if on_log is not None:
+                on_log(self.epoch, record)
+            if monitor in record and (self.best is None or record[monitor] < self.best["metric"]):
+                self.best = {"metric": record[monitor], "epoch": self.epoch,
+                             "flow": _clone(self.flow.state_dict()), "energy": _clone(self.energy.state_dict())}
+            if checkpoint is not None:
+                checkpoint(self)
+            if (stop_after_epochs is not None and self.best is not None
+                    and self.epoch - self.best["epoch"] >= stop_after_epochs):
+                break
+        bar.close()
+        if self.best is not None:
+            self.flow.load_state_dict(self.best["flow"])
+            self.energy.load_state_dict(self.best["energy"])
+        return self.history
+
+    # ------------------------------------------------------------------ divergence guard
+    def _healthy(self, record: dict[str, float]) -> bool:
+        finite = all(math.isfinite(v) for v in record.values())
+        return finite and record.get("log_zeta", 0.0) < self.config.max_log_zeta
+
+    def _rollback(self, record: dict[str, float]) -> None:
+        bad = {k: v for k, v in record.items() if not math.isfinite(v) or k == "log_zeta"}
+        if self._good is None or self.rollbacks >= self.config.max_rollbacks:
+            raise TrainingDivergedError(
+                f"Training diverged at epoch {self.epoch} (step {self.step_count}): {bad}. "
+                f"{self.rollbacks} rollback(s) already spent; lower the learning rates, raise "
+                "num_zeta_samples or use a smaller EBM temperature."
+            )
+        self.rollbacks += 1
+        good = self._good
+        self._restore(good)
+        for opt in (self.opt_flow, self.opt_energy):
+            for g in opt.param_groups:
+                g["lr"] *= 0.5
+        import warnings
+
+        warnings.warn(
+            f"Divergence at epoch {self.epoch} ({bad}); rolled back to epoch {good['epoch']} "
+            f"and halved the learning rates (rollback {self.rollbacks}/{self.config.max_rollbacks}).",
+            RuntimeWarning, stacklevel=2,
+        )
+
+    # ------------------------------------------------------------------ state
+    def _snapshot(self) -> dict:
+        return _clone({
+            "flow": self.flow.state_dict(), "energy": self.energy.state_dict(), "dual": self.dual.state_dict(),
+            "opt_flow": self.opt_flow.state_dict(), "opt_energy": self.opt_energy.state_dict(),
+            "opt_dual": self.dual.opt.state_dict() if self.dual.opt is not None else {},
+            "epoch": self.epoch, "step": self.step_count,
+        })
+
+    def _restore(self, snap: dict) -> None:
+        self.flow.load_state_dict(snap["flow"])
+        self.energy.load_state_dict(snap["energy"])
+        self.dual.load_state_dict(snap["dual"])
+        self.opt_flow.load_state_dict(snap["opt_flow"])
+        self.opt_energy.load_state_dict(snap["opt_energy"])
+        if self.dual.opt is not None and snap["opt_dual"]:
+            self.dual.opt.load_state_dict(snap["opt_dual"])
+        self.epoch, self.step_count = snap["epoch"], snap["step"]
+        self._zeta_cache = None
+
+    def state_dict(self) -> dict:
+        """The complete training state: models, multipliers, optimizers, counters, history,
+        best state, config and RNG (so that a resumed run continues exactly)."""
+        state = self._snapshot()
+        state.update({
+            "rollbacks": self.rollbacks, "history": copy.deepcopy(self.history), "best": self.best,
+            "good": self._good, "config": asdict(self.config),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "zeta_cache": list(self._zeta_cache) if self._zeta_cache is not None else [],
+        })
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restore(state)
+        self.rollbacks = state["rollbacks"]
+        self.history = copy.deepcopy(state["history"])
+        self.best, self._good = state["best"], state["good"]
+        self._zeta_cache = tuple(state["zeta_cache"]) if state["zeta_cache"] else None
+        torch.set_rng_state(state["rng_cpu"])
+        if torch.cuda.is_available() and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+    def save(self, path: str) -> None:
+        """Write :meth:`state_dict` atomically (temp file + rename)."""
+        import os
+
+        tmp = f"{path}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str) -> None:
+        """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
+        self.load_state_dict(torch.load(path, weights_only=True, map_location=self.dual.lam.device))
+
+
+def _clone(tree):
+    if isinstance(tree, Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone(v) for v in tree)
+    return copy.deepcopy(tree)
+
+
+def warm_start_energy(
+    flow: nn.Module,
+    energy: nn.Module,
+    contexts: Iterator[Tensor | None] | None = None,
+    steps: int = 500,
+    num_samples: int = 256,
+    lr: float = 1e-3,
+) -> float:
+    r"""B.8 warm start: regress :math:`f_\psi/T` onto :math:`\log p_\theta` on flow samples by
+    mean squared error, so that :math:`\zeta \approx 1` and eq. 15's weights are tame at the
+    first step. ``contexts`` yields conditions (e.g. training x's) or ``None``. Returns the last MSE."""
+    opt = torch.optim.Adam(energy.parameters(), lr=lr)
+    mse = float("nan")
+    for _ in range(steps):
+        c = next(contexts) if contexts is not None else None
+        with torch.no_grad():
+            y, logp = flow.sample_and_log_prob((num_samples if c is None else max(1, num_samples // c.shape[0]),), c)
+        loss = (energy(y, c) - logp).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        mse = loss.item()
+    return mse

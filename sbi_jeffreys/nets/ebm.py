@@ -1,0 +1,144 @@
+r"""Energy-based proxies :math:`q_\psi(x) = e^{f_\psi(x)/T} / \zeta_\psi` (paper eqs. 2, 21).
+
+Every energy module maps inputs ``(..., C, d)`` and an optional condition ``(C, k)`` to the
+log-unnormalized density :math:`f_\psi(x) / T` of shape ``(..., C)``; the temperature ``T``
+(B.8) is part of the module so that the objective never needs to know about it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def _sn_linear(i: int, o: int) -> nn.Module:
+    return spectral_norm(nn.Linear(i, o))
+
+
+class Standardize(nn.Module):
+    """Fixed z-scoring ``(x - mean) / std`` (sbi z-scores theta and x the same way)."""
+
+    def __init__(self, mean: Tensor | None, std: Tensor | None, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.detach().clone().float())
+        self.register_buffer("std", torch.ones(dim) if std is None else std.detach().clone().float().clamp_min(1e-8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+class ResidualBlock(nn.Module):
+    r"""Algorithm 5 (reading its second and third Linear inputs as :math:`x'`, cf. DESIGN §8):
+    :math:`x' = \mathrm{Lin}(\mathrm{SiLU}(\mathrm{LN}(\mathrm{Lin}(\mathrm{SiLU}(\mathrm{LN}(x))))))`,
+    output :math:`\mathrm{SiLU}(\alpha x + x')` with trainable :math:`\alpha` (initialised at 1)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(width), nn.SiLU(), _sn_linear(width, width),
+            nn.LayerNorm(width), nn.SiLU(), _sn_linear(width, width),
+        )
+        self.alpha = nn.Parameter(torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.silu(self.alpha * x + self.net(x))
+
+
+class ResidualEnergy(nn.Module):
+    r"""Residual-MLP EBM of Algorithm 4 (spectral-normalized input layer, ``blocks`` residual
+    blocks of ``width``, linear read-out), returning :math:`f_\psi(x)/T` (eq. 21)."""
+
+    def __init__(
+        self,
+        features: int,
+        width: int = 64,
+        blocks: int = 6,
+        temperature: float = 1.0,
+        mean: Tensor | None = None,
+        std: Tensor | None = None,
+    ):
+        super().__init__()
+        self.standardize = Standardize(mean, std, features)
+        self.stem = nn.Sequential(_sn_linear(features, width), nn.SiLU())
+        self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
+        self.head = nn.Linear(width, 1)
+        self.temperature = float(temperature)
+
+    def forward(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:
+        h = self.blocks(self.stem(self.standardize(inputs)))
+        return self.head(h).squeeze(-1) / self.temperature
+
+
+def _mlp(i: int, o: int, layers: int, width: int) -> nn.Sequential:
+    dims = [i] + [width] * (layers - 1) + [o]
+    mods: list[nn.Module] = []
+    for k in range(layers):
+        mods.append(nn.Linear(dims[k], dims[k + 1]))
+        if k < layers - 1:
+            mods.append(nn.SiLU())
+    return nn.Sequential(*mods)
+
+
+class FiLMBlock(nn.Module):
+    r"""Algorithm 6: :math:`\gamma, \beta = \mathrm{MLP}_\gamma(c), \mathrm{MLP}_\beta(c)`
+    (``film_layers`` layers), :math:`x' = \gamma \odot \mathrm{MLP}(x) + \beta`, output
+    :math:`\mathrm{SiLU}(\alpha x + x')`. The paper leaves the depth of :math:`\mathrm{MLP}(x)`
+    undefined; we use ``inner_layers=2`` (like Algorithm 5's two linear layers)."""
+
+    def __init__(self, width: int, context: int, film_layers: int = 2, inner_layers: int = 2):
+        super().__init__()
+        self.gamma = _mlp(context, width, film_layers, width)
+        self.beta = _mlp(context, width, film_layers, width)
+        self.inner = nn.Sequential(*[m for _ in range(inner_layers) for m in (_sn_linear(width, width), nn.SiLU())][:-1])
+        self.alpha = nn.Parameter(torch.ones(()))
+        # gamma starts near 1 so the block starts as a plain residual block
+        nn.init.zeros_(self.gamma[-1].weight)
+        nn.init.ones_(self.gamma[-1].bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        return nn.functional.silu(self.alpha * x + self.gamma(c) * self.inner(x) + self.beta(c))
+
+
+class FiLMResidualEnergy(nn.Module):
+    r"""Conditional EBM :math:`f_\psi(\theta \mid x)/T` built from FiLM residual blocks (Alg. 6).
+
+    Inputs ``(..., C, d)`` are evaluated against conditions ``(C, k)`` broadcast over the
+    leading sample dimensions. Both inputs and conditions are z-scored with fixed statistics
+    (as sbi does for its flows); an optional ``embedding_net`` maps the z-scored condition.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        context: int,
+        width: int = 64,
+        blocks: int = 6,
+        film_layers: int = 2,
+        temperature: float = 1.0,
+        embedding_net: nn.Module | None = None,
+        embedding_features: int | None = None,
+        input_mean: Tensor | None = None,
+        input_std: Tensor | None = None,
+        context_mean: Tensor | None = None,
+        context_std: Tensor | None = None,
+    ):
+        super().__init__()
+        self.standardize_input = Standardize(input_mean, input_std, features)
+        self.standardize_context = Standardize(context_mean, context_std, context)
+        self.embedding_net = embedding_net if embedding_net is not None else nn.Identity()
+        k = embedding_features if embedding_features is not None else context
+        self.stem = nn.Sequential(_sn_linear(features, width), nn.SiLU())
+        self.blocks = nn.ModuleList([FiLMBlock(width, k, film_layers) for _ in range(blocks)])
+        self.head = nn.Linear(width, 1)
+        self.temperature = float(temperature)
+
+    def forward(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:
+        if condition is None:
+            raise ValueError("FiLMResidualEnergy is conditional: pass a condition of shape (C, k).")
+        c = self.embedding_net(self.standardize_context(condition))
+        h = self.stem(self.standardize_input(inputs))
+        c = c.expand(*h.shape[:-1], c.shape[-1])
+        for block in self.blocks:
+            h = block(h, c)
+        return self.head(h).squeeze(-1) / self.temperature

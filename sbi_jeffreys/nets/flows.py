@@ -1,0 +1,67 @@
+r"""Normalizing flows for the main model :math:`p_\theta` (paper eq. 1, App. C.1).
+
+The engine talks to every flow through sbi's ``ConditionalDensityEstimator`` convention:
+
+* ``log_prob(inputs, condition)`` maps inputs of shape ``(S, C, d)`` to ``(S, C)``;
+* ``sample(shape, condition)`` / ``sample_and_log_prob(shape, condition)`` return
+  ``(*shape, C, d)`` (and ``(*shape, C)``), the latter differentiable (reparameterized).
+
+Conditional flows come straight from ``sbi.neural_nets.posterior_nn(model="zuko_nsf")``
+(z-scoring and embedding nets included). :class:`UnconditionalFlow` gives an unconditional
+zuko NSF the same interface with ``condition=None`` and a single "condition" ``C = 1``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import zuko
+from torch import Tensor, nn
+
+
+def build_nsf(
+    features: int,
+    context: int = 0,
+    transforms: int = 5,
+    bins: int = 8,
+    hidden_features: Sequence[int] = (64, 64),
+) -> zuko.flows.Flow:
+    """A zuko neural spline flow (Durkan et al.), as in App. C.1/D.1 (5 transforms, 8 bins)."""
+    return zuko.flows.NSF(
+        features, context, transforms=transforms, bins=bins, hidden_features=tuple(hidden_features)
+    )
+
+
+class UnconditionalFlow(nn.Module):
+    r"""An unconditional flow behind the engine's ``(S, C, d)`` interface (``C = 1``).
+
+    Args:
+        flow: a zuko lazy flow built with ``context=0``.
+        features: the data dimension ``d``.
+        shift, scale: optional data standardization :math:`z = (x - shift) / scale`, applied as
+            a fixed affine first layer so that densities stay those of the raw data.
+    """
+
+    def __init__(self, flow: zuko.flows.Flow, features: int, shift: Tensor | None = None, scale: Tensor | None = None):
+        super().__init__()
+        self.flow = flow
+        self.features = features
+        self.register_buffer("shift", torch.zeros(features) if shift is None else shift.clone().float())
+        self.register_buffer("scale", torch.ones(features) if scale is None else scale.clone().float())
+
+    def _log_abs_det(self) -> Tensor:
+        return -self.scale.log().sum()
+
+    def log_prob(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:
+        z = (inputs - self.shift) / self.scale
+        return self.flow().log_prob(z) + self._log_abs_det()
+
+    def sample_and_log_prob(self, sample_shape: Sequence[int], condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z, log_p = self.flow().rsample_and_log_prob(tuple(sample_shape))
+        x = z * self.scale + self.shift
+        return x.unsqueeze(-2), (log_p + self._log_abs_det()).unsqueeze(-1)
+
+    def sample(self, sample_shape: Sequence[int], condition: Tensor | None = None) -> Tensor:
+        with torch.no_grad():
+            return self.sample_and_log_prob(sample_shape, condition)[0]

@@ -1,0 +1,61 @@
+r"""Dual variables and their projected gradient ascent (Algorithm 1 line 4, eq. 19)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+MULTIPLIERS = ("fw", "rv", "prx", "zeta_upper", "zeta_lower")
+
+
+class DualState(nn.Module):
+    r"""The multipliers :math:`\lambda = (\lambda_{fw}, \lambda_{rv}, \lambda_{prx}, \lambda_u, \lambda_\ell)`
+    and their optimizer.
+
+    Ascent :math:`\lambda \leftarrow \max\{\lambda_{min}, \lambda + \alpha\,\nabla_\lambda\mathcal L\}`
+    with one learning rate for the three KL/NLL multipliers and one for the two ζ multipliers.
+    ``optimizer="sgd"`` is the plain projected ascent of Algorithm 1; ``"adam"`` moves each λ by
+    about one learning rate per step whatever the slack's size (DESIGN §8). With B.7
+    (``negative_nll``) the NLL multipliers are floored at ``min_multiplier > 0`` so that
+    :math:`\delta = 1/(2\lambda)` stays finite (the paper: "we also initialize λ to be non-zero").
+    """
+
+    def __init__(
+        self,
+        init: float = 0.01,
+        lr: float = 1e-4,
+        zeta_lr: float = 1e-3,
+        optimizer: str = "sgd",
+        negative_nll: bool = True,
+        min_multiplier: float = 1e-3,
+        init_zeta: float = 0.0,
+    ):
+        super().__init__()
+        self.lam = nn.Parameter(torch.tensor([init, init, init, init_zeta, init_zeta]), requires_grad=False)
+        floor = torch.zeros(5)
+        if negative_nll:
+            floor[[0, 2]] = min_multiplier
+        self.register_buffer("floor", floor)
+        self.register_buffer("rates", torch.tensor([lr, lr, lr, zeta_lr, zeta_lr]))
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"Unknown multiplier optimizer {optimizer!r}: use 'sgd' or 'adam'.")
+        # Adam at lr 1, rescaled per multiplier in ascend(); its moments live in the optimizer
+        self.opt = torch.optim.Adam([self.lam], lr=1.0, betas=(0.0, 0.9), maximize=True) if optimizer == "adam" else None
+        self.optimizer_name = optimizer
+
+    @property
+    def value(self) -> Tensor:
+        return self.lam.detach()
+
+    @torch.no_grad()
+    def ascend(self, slacks: Tensor) -> None:
+        """One projected ascent step given :math:`\\nabla_\\lambda\\mathcal L` (``slacks``)."""
+        if self.optimizer_name == "sgd":
+            self.lam.add_(self.rates * slacks)
+        else:
+            before = self.lam.clone()
+            self.lam.grad = slacks.clone()
+            self.opt.step()
+            # per-multiplier learning rates on top of Adam's normalized step
+            self.lam.copy_(before + self.rates * (self.lam - before))
+        torch.maximum(self.lam, self.floor, out=self.lam)
