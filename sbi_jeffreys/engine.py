@@ -6,10 +6,12 @@ Each step: draw M proposal samples per condition under stop-gradient and estimat
 :math:`\log\zeta` (Alg. 2); draw reverse-KL samples (reparameterized or stop-gradient);
 backpropagate the primal surrogate (eqs. 15, 18); take Adam steps for θ and ψ; ascend λ (eq. 19).
 
-Design choices the paper leaves open (DESIGN §8): the ζ-samples and the reverse-KL samples are
-independent draws (the reverse-KL ones need gradients under the reparameterized estimator, and
-independence keeps the product of estimates in eq. 15 unbiased); ζ is the self-normalized
-1/M estimate. All per-step statistics stay on the device; the host syncs once per log point.
+Design choices the paper leaves open (DESIGN §8): by default (``num_rv_samples=None``) one
+draw of M samples per condition serves both the ζ estimate and the reverse KL: sampling the
+flow (an inverse pass) dominates the cost of a step, the two estimates enter the surrogate as a
+sum (never a product), and the ζ path sees the samples detached so that θ gets no gradient
+from log ζ. ``num_rv_samples=K`` draws K independent reverse-KL samples per condition instead.
+ζ is the self-normalized 1/M estimate. All per-step statistics stay on the device; the host syncs once per log point.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class JeffreysConfig:
     eps_zeta: float = 0.1
     negative_nll: bool = True
     num_zeta_samples: int = 1000
-    num_rv_samples: int | None = None
+    num_rv_samples: int | None = None  # None: reuse the M zeta samples (see module doc)
     gradient_estimator: str = "reparameterized"
     score_baseline: bool = True
     kl_weight: float = 1.0
@@ -126,28 +128,42 @@ class JeffreysTrainer:
     def terms(self, inputs: Tensor, context: Tensor | None = None) -> Terms:
         """Evaluate every quantity of eq. 11 for one batch (Algorithm 3, lines 3-7)."""
         cfg = self.config
-        if context is None and cfg.zeta_every > 1:
-            # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
-            if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
+        reparam = cfg.gradient_estimator == "reparameterized"
+        cached = context is None and cfg.zeta_every > 1
+        if cfg.num_rv_samples is None and not cached:
+            # one draw of M samples per condition serves both log zeta (eq. 12) and the reverse KL
+            if reparam:
+                y, logp_y = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+                f_y = self.energy(y, context)
+                log_zeta = log_partition(self.energy(y.detach(), context), logp_y.detach())
+            else:
                 with torch.no_grad():
-                    self._zeta_cache = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-            y_z, logp_z = self._zeta_cache
+                    y = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)[0]
+                logp_y = self.flow.log_prob(y, context)
+                f_y = self.energy(y, context)
+                log_zeta = log_partition(f_y, logp_y.detach())
         else:
-            with torch.no_grad():
-                y_z, logp_z = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-        log_zeta = log_partition(self.energy(y_z, context), logp_z)
-
-        k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
-        if cfg.gradient_estimator == "reparameterized":
-            y, logp_y = self.flow.sample_and_log_prob((k,), context)
-        else:
-            with torch.no_grad():
-                y = self.flow.sample_and_log_prob((k,), context)[0]
-            logp_y = self.flow.log_prob(y, context)
-        f_y = self.energy(y, context)
+            if cached:
+                # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
+                if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
+                    with torch.no_grad():
+                        self._zeta_cache = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+                y_z, logp_z = self._zeta_cache
+            else:
+                with torch.no_grad():
+                    y_z, logp_z = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+            log_zeta = log_partition(self.energy(y_z, context), logp_z)
+            k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
+            if reparam:
+                y, logp_y = self.flow.sample_and_log_prob((k,), context)
+            else:
+                with torch.no_grad():
+                    y = self.flow.sample_and_log_prob((k,), context)[0]
+                logp_y = self.flow.log_prob(y, context)
+            f_y = self.energy(y, context)
         logp_x = self.flow.log_prob(inputs.unsqueeze(0), context)[0]
         f_x = self.energy(inputs.unsqueeze(0), context)[0]
-        return Terms(logp_x, f_x, logp_y, f_y, log_zeta, cfg.gradient_estimator == "reparameterized")
+        return Terms(logp_x, f_x, logp_y, f_y, log_zeta, reparam)
 
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
         """One GDA step; returns detached 0-d device tensors (no host sync)."""
@@ -217,7 +233,10 @@ class JeffreysTrainer:
         ``config.max_rollbacks`` times), record the history, call ``on_log`` and ``checkpoint``.
         At the end the best state under ``monitor`` (if validated) is restored.
         """
-        bar = tqdm(total=max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training")
+        huge = max_epochs > 10**7  # sbi's "no limit" default
+        bar = tqdm(total=None if huge else max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training")
+        if self._good is None:
+            self._good = self._snapshot()  # so that even the first log point can roll back
         sums: dict[str, Tensor] = {}
         count = 0
         while self.epoch < max_epochs:
@@ -225,6 +244,8 @@ class JeffreysTrainer:
                 for key, v in self.step(x, c).items():
                     sums[key] = sums[key] + v if key in sums else v.clone()
                 count += 1
+            if count == 0:
+                raise ValueError("The training batches are empty: no data to train on.")
             self.epoch += 1
             bar.update(1)
             if self.epoch % log_every and self.epoch < max_epochs:
@@ -259,6 +280,10 @@ class JeffreysTrainer:
 
     # ------------------------------------------------------------------ divergence guard
     def _healthy(self, record: dict[str, float]) -> bool:
+        # the step statistics predate each step's update: check the weights too, else NaN
+        # weights from an epoch's last step would be snapshotted as the last good state
+        if not all(bool(torch.isfinite(p).all()) for p in (*self.flow.parameters(), *self.energy.parameters(), self.dual.lam)):
+            record["parameters"] = float("nan")
         finite = all(math.isfinite(v) for v in record.values())
         return finite and record.get("log_zeta", 0.0) < self.config.max_log_zeta
 
@@ -271,15 +296,17 @@ class JeffreysTrainer:
                 "num_zeta_samples or use a smaller EBM temperature."
             )
         self.rollbacks += 1
-        good = self._good
+        good, diverged_at = self._good, self.epoch
+        # halve the current rates (the snapshot's would not compound over repeated rollbacks)
+        lrs = [[g["lr"] for g in opt.param_groups] for opt in (self.opt_flow, self.opt_energy)]
         self._restore(good)
-        for opt in (self.opt_flow, self.opt_energy):
-            for g in opt.param_groups:
-                g["lr"] *= 0.5
+        for opt, old in zip((self.opt_flow, self.opt_energy), lrs):
+            for g, lr in zip(opt.param_groups, old):
+                g["lr"] = 0.5 * lr
         import warnings
 
         warnings.warn(
-            f"Divergence at epoch {self.epoch} ({bad}); rolled back to epoch {good['epoch']} "
+            f"Divergence at epoch {diverged_at} ({bad}); rolled back to epoch {good['epoch']} "
             f"and halved the learning rates (rollback {self.rollbacks}/{self.config.max_rollbacks}).",
             RuntimeWarning, stacklevel=2,
         )
@@ -294,6 +321,9 @@ class JeffreysTrainer:
         })
 
     def _restore(self, snap: dict) -> None:
+        # optimizers' load_state_dict keeps references to the given tensors: restore a copy, else
+        # the next steps mutate the snapshot in place (and a second rollback restores garbage)
+        snap = _clone(snap)
         self.flow.load_state_dict(snap["flow"])
         self.energy.load_state_dict(snap["energy"])
         self.dual.load_state_dict(snap["dual"])
@@ -323,9 +353,10 @@ class JeffreysTrainer:
         self.history = copy.deepcopy(state["history"])
         self.best, self._good = state["best"], state["good"]
         self._zeta_cache = tuple(state["zeta_cache"]) if state["zeta_cache"] else None
-        torch.set_rng_state(state["rng_cpu"])
+        # RNG states must be CPU ByteTensors (load()'s map_location may have moved them)
+        torch.set_rng_state(state["rng_cpu"].cpu())
         if torch.cuda.is_available() and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
 
     def save(self, path: str) -> None:
         """Write :meth:`state_dict` atomically (temp file + rename)."""

@@ -142,3 +142,36 @@ class FiLMResidualEnergy(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.head(h).squeeze(-1) / self.temperature
+
+
+def energy_nn(
+    model: str = "film_resnet",
+    width: int = 64,
+    blocks: int = 3,
+    film_layers: int = 2,
+    temperature: float = 1.0,
+    z_score_theta: bool = True,
+    z_score_x: bool = True,
+    embedding_net: nn.Module | None = None,
+    embedding_features: int | None = None,
+):
+    r"""Builder of the conditional proxy :math:`f_\psi(\theta \mid x)`, in the style of
+    ``sbi.neural_nets.posterior_nn``: returns ``build(theta, x) -> FiLMResidualEnergy``,
+    z-scoring with the statistics of the simulations it is given (App. D.4: 6 blocks of
+    width 64 for gaussian_mixture, 3 blocks of width 128 for two_moons, 2 FiLM layers)."""
+    if model != "film_resnet":
+        raise ValueError(f"Unknown energy model {model!r}; available: 'film_resnet'.")
+
+    def build(theta: Tensor, x: Tensor) -> FiLMResidualEnergy:
+        def stats(t: Tensor, on: bool) -> tuple[Tensor | None, Tensor | None]:
+            return (t.mean(0), t.std(0)) if on and t.shape[0] > 1 else (None, None)
+
+        tm, ts = stats(theta, z_score_theta)
+        xm, xs = stats(x, z_score_x)
+        return FiLMResidualEnergy(
+            theta.shape[1], x.shape[1], width=width, blocks=blocks, film_layers=film_layers,
+            temperature=temperature, embedding_net=embedding_net, embedding_features=embedding_features,
+            input_mean=tm, input_std=ts, context_mean=xm, context_std=xs,
+        )
+
+    return build

@@ -31,11 +31,14 @@ class DualState(nn.Module):
         init_zeta: float = 0.0,
     ):
         super().__init__()
-        self.lam = nn.Parameter(torch.tensor([init, init, init, init_zeta, init_zeta]), requires_grad=False)
+        if lr < 0 or zeta_lr < 0 or init < 0 or init_zeta < 0:
+            raise ValueError("Multiplier learning rates and initial values must be non-negative.")
         floor = torch.zeros(5)
         if negative_nll:
             floor[[0, 2]] = min_multiplier
         self.register_buffer("floor", floor)
+        lam = torch.maximum(torch.tensor([init, init, init, init_zeta, init_zeta]), floor)
+        self.lam = nn.Parameter(lam, requires_grad=False)
         self.register_buffer("rates", torch.tensor([lr, lr, lr, zeta_lr, zeta_lr]))
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"Unknown multiplier optimizer {optimizer!r}: use 'sgd' or 'adam'.")

@@ -104,9 +104,10 @@ def primal_surrogate(t: Terms, lam: Tensor, kl_weight: float = 1.0, baseline: bo
       + w\lambda_{rv}\overline{\log\zeta_c}) + (\lambda_u - \lambda_\ell)\bar\zeta`, where
       :math:`\nabla\log\hat\zeta` is the softmax-weighted form of eq. 14 (see :func:`log_partition`).
     * θ, score function (eqs. 16-17): :math:`w\lambda_{rv}\,\overline{(\mathrm{sg}[\log p - f] - b)\log p_\theta(y)}`
-      with the baseline :math:`b` the per-condition mean of :math:`\log p - f` over the K samples
-      (unbiased since :math:`\mathbb E\nabla\log p_\theta = 0`; needs ``K > 1`` per condition,
-      else the batch mean). Reparameterized: :math:`w\lambda_{rv}\,\overline{\log p_\theta(y_\theta) - f_\psi(y_\theta)}`.
+      with the baseline :math:`b_i` the leave-one-out mean of :math:`\log p - f` over the other
+      K - 1 samples of its condition (independent of :math:`y_i`, hence unbiased since
+      :math:`\mathbb E\nabla\log p_\theta = 0`); with ``K = 1`` over the other conditions'
+      samples, and none for a single sample. Reparameterized: :math:`w\lambda_{rv}\,\overline{\log p_\theta(y_\theta) - f_\psi(y_\theta)}`.
     * θ, forward term: :math:`-\lambda_{fw}\overline{\log p_\theta(x_i)}`.
     """
     lam = lam.detach()
@@ -116,8 +117,14 @@ def primal_surrogate(t: Terms, lam: Tensor, kl_weight: float = 1.0, baseline: bo
     else:
         advantage = (t.logp_rv - t.f_rv).detach()
         if baseline:
-            dim = 0 if t.logp_rv.shape[0] > 1 else None
-            advantage = advantage - (advantage.mean(dim=0, keepdim=True) if dim == 0 else advantage.mean())
+            # leave-one-out mean: b_i = mean_{j != i} a_j = a_i - n/(n-1) (a_i - mean a);
+            # a baseline containing a_i itself would shrink the gradient by (n-1)/n
+            n = t.logp_rv.shape[0]
+            if n > 1:
+                advantage = (advantage - advantage.mean(dim=0, keepdim=True)) * (n / (n - 1))
+            elif advantage.numel() > 1:
+                n = advantage.numel()
+                advantage = (advantage - advantage.mean()) * (n / (n - 1))
         rv = (advantage * t.logp_rv - t.f_rv).mean()
     zeta = t.log_zeta.exp().mean()
     return (
