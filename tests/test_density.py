@@ -1,0 +1,169 @@
+r"""Tests for the density adapter (App. D.1/D.2), the NF baseline and experiments/density2d.py.
+
+Small nets and few iterations, one torch thread: the whole module runs in well under a minute
+on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbi_jeffreys.adapters.density import JeffreysDensityEstimator
+from sbi_jeffreys.baselines import NFDensityEstimator
+from sbi_jeffreys.datasets import load_toy2d
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = dict(flow_transforms=2, flow_hidden=(32, 32), energy_width=32, energy_blocks=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models: one thread is faster than two on a shared 2-core machine
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def ring8():
+    return load_toy2d("ring8", num_train=256, num_test=1000, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(ring8):
+    train, test = ring8
+    est = JeffreysDensityEstimator(2, **SMALL, num_zeta_samples=128, warm_start_steps=100, seed=0)
+    est.build(train)
+    initial = float(-est.log_prob(test).mean())
+    est.fit(train, iterations=120, test=test, eval_every=40, show_progress=False)
+    return est, initial
+
+
+def test_jeffreys_learns(fitted, ring8):
+    est, initial = fitted
+    _, test = ring8
+    h = est.history
+    assert h["iteration"] == [40, 80, 120]
+    for key in ("val_nll_p", "val_nll_q", "val_log_zeta", "lambda_fw", "nll_p"):
+        assert len(h[key]) == 3 and all(math.isfinite(v) for v in h[key]), key
+    final = float(-est.log_prob(test).mean())
+    assert final == pytest.approx(h["val_nll_p"][-1], abs=1e-4)  # the LAST state is kept
+    assert final < initial - 1.0, (initial, final)
+    # quasi-normalized proxy: finite, with log zeta near 0 (eps_zeta = 0.1 box, loose bound)
+    log_q = est.proxy_log_prob(test, num_samples=4096)
+    assert log_q.shape == (1000,) and torch.isfinite(log_q).all()
+    # early in training the IS estimate is heavy-tailed (rare y with e^f >> p): use a median
+    log_zeta = torch.stack([est.log_zeta(4096) for _ in range(5)]).median()
+    assert abs(float(log_zeta)) < 1.5
+    assert est.timing["seconds"] > est.timing["eval_seconds"] > 0
+
+
+def test_interfaces(fitted):
+    est, _ = fitted
+    x = est.sample(50)
+    assert x.shape == (50, 2) and torch.isfinite(x).all()
+    assert est.log_prob(x).shape == (50,)
+    assert est.log_prob(x.double()).dtype == torch.float32
+    assert est.proxy_log_prob(x, num_samples=256).shape == (50,)
+    assert est.trainer.step_count == 120
+    with pytest.raises(RuntimeError, match="not fitted"):
+        JeffreysDensityEstimator(2).log_prob(x)
+
+
+def test_nf_learns(ring8):
+    train, test = ring8
+    nf = NFDensityEstimator(2, flow_transforms=2, flow_hidden=(32, 32), seed=0, lr=1e-3)
+    nf.build(train)
+    initial = float(-nf.log_prob(test).mean())
+    nf.fit(train, iterations=120, test=test, eval_every=40, show_progress=False)
+    h = nf.history
+    assert h["iteration"] == [40, 80, 120] and len(h["val_nll_p"]) == 3
+    assert h["val_nll_p"][-1] < initial - 1.0
+    assert nf.optimizer.defaults["betas"] == (0.0, 0.9)
+    assert nf.sample(7).shape == (7, 2) and nf.log_prob(test[:7]).shape == (7,)
+
+
+def test_minibatches_and_same_seed(ring8):
+    train, _ = ring8
+    runs = [NFDensityEstimator(2, flow_transforms=1, flow_hidden=(8,), seed=3).fit(
+        train, iterations=8, batch_size=100, eval_every=6, show_progress=False) for _ in range(2)]
+    assert runs[0].history["iteration"] == [6, 9]  # 3 steps per epoch, rounded up to whole epochs
+    assert torch.equal(runs[0].log_prob(train[:5]), runs[1].log_prob(train[:5]))
+
+
+def test_checkpoint_resume_continues_exactly(ring8, tmp_path):
+    train, test = ring8[0][:64], ring8[1][:200]
+    kw = dict(flow_transforms=1, flow_hidden=(16,), energy_width=16, energy_blocks=1, num_zeta_samples=32, seed=1)
+    fit = dict(test=test, eval_every=5, show_progress=False)
+    full = JeffreysDensityEstimator(2, **kw).fit(train, iterations=10, **fit)
+    path = tmp_path / "state.pt"
+    JeffreysDensityEstimator(2, **kw).fit(train, iterations=5, checkpoint_path=path, **fit)
+    resumed = JeffreysDensityEstimator(2, **kw).fit(train, iterations=10, checkpoint_path=path, resume=True, **fit)
+    assert resumed.history["iteration"] == [5, 10]
+    assert torch.allclose(resumed.log_prob(test), full.log_prob(test))
+
+
+@pytest.mark.parametrize("cls", [JeffreysDensityEstimator, NFDensityEstimator])
+def test_bad_inputs(cls):
+    est = cls(2, flow_transforms=1, flow_hidden=(8,), seed=0)
+    good = torch.randn(20, 2)
+    nan = good.clone()
+    nan[3, 1] = float("nan")
+    cases = [
+        (nan, ValueError, "NaN"),
+        (torch.randn(20, 3), ValueError, "features"),
+        (torch.randn(20), ValueError, "shape"),
+        (torch.empty(0, 2), ValueError, "batch > 0"),
+        (torch.ones(20, 2, dtype=torch.long), TypeError, "floating"),
+        (good.numpy(), TypeError, "torch.Tensor"),
+    ]
+    for bad, err, match in cases:
+        with pytest.raises(err, match=match):
+            est.fit(bad, iterations=2, show_progress=False)
+    with pytest.raises(ValueError, match="test"):
+        est.fit(good, iterations=2, test=torch.randn(5, 3), show_progress=False)
+    with pytest.raises(ValueError, match="iterations"):
+        est.fit(good, iterations=0, show_progress=False)
+    est.fit(good, iterations=2, show_progress=False)
+    with pytest.raises(ValueError, match="NaN"):
+        est.log_prob(nan)
+    with pytest.raises(ValueError, match="features"):
+        est.log_prob(torch.randn(4, 1))
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        JeffreysDensityEstimator(2, gradient_estimator="magic")
+    with pytest.raises(TypeError):
+        JeffreysDensityEstimator(2, no_such_option=1)
+
+
+def test_density2d_script(tmp_path):
+    out = tmp_path / "tmp"
+    cmd = [sys.executable, str(ROOT / "experiments" / "density2d.py"), "--quick", "--datasets", "ring8", "--seeds", "0",
+           "--iterations", "50", "--eval-every", "25", "--num-train", "128", "--num-test", "500",
+           "--num-zeta-samples", "64", "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(r["model"] for r in rows) == ["jeffreys_p", "jeffreys_q", "nf"]
+    for r in rows:
+        assert r["dataset"] == "ring8" and r["seed"] == "0" and r["iterations"] == "50" and r["status"] == "ok"
+        assert math.isfinite(float(r["best_test_nll"])) and float(r["best_test_nll"]) <= float(r["last_test_nll"])
+        assert float(r["iters_per_second"]) > 0 and r["device"] == "cpu"
+    curves = list(csv.DictReader(open(out / "curves.csv")))
+    assert {(c["model"], c["iteration"]) for c in curves} == {(m, i) for m in ("jeffreys_p", "jeffreys_q", "nf")
+                                                             for i in ("25", "50")}
+    for name in ("density_maps.png", "nll_curves.png", "summary.csv", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    # a re-run reuses the finished job instead of training again
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0 and "Reusing 1 finished job" in res.stdout
