@@ -1,0 +1,297 @@
+r"""``JeffreysNPE``: neural posterior estimation by adaptive symmetrization of the KL (App. B.6).
+
+A conditional flow :math:`p_\theta(\theta\mid x)` (sbi's zuko NSF with sbi's z-scoring and
+embedding nets) and a FiLM-conditioned EBM :math:`f_\psi(\theta, x)` are trained by the
+engine's gradient descent-ascent, with per-condition partition functions
+:math:`\zeta(x_i)` estimated from :math:`p_\theta(\cdot\mid x_i)` for every condition of the
+batch in one vectorized call, and the box constraint on their batch average (B.6).
+Everything else is sbi's: ``append_simulations`` and its invalid-x handling, the
+train/validation split, the tracker, and ``DirectPosterior`` for ``sample_with="flow"``.
+"""
+
+from __future__ import annotations
+
+import time
+from copy import deepcopy
+from dataclasses import asdict, fields
+from typing import Any, Callable, Literal
+
+import torch
+from sbi.inference.posteriors.direct_posterior import DirectPosterior
+from sbi.inference.trainers.npe.npe_base import PosteriorEstimatorTrainer
+from sbi.neural_nets import posterior_nn
+from sbi.utils import within_support
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from sbi_jeffreys.adapters.posterior import LangevinPosterior
+from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, warm_start_energy
+from sbi_jeffreys.nets.ebm import energy_nn
+
+#: The paper's App. D.4 settings, a documented preset (``JeffreysNPE(...).train(**PAPER_D4)``).
+PAPER_D4: dict[str, Any] = dict(
+    training_batch_size=1000, learning_rate=1e-4, energy_learning_rate=1e-5,
+    multiplier_learning_rate=1e-6, zeta_multiplier_learning_rate=1e-2, multiplier_optimizer="sgd",
+    eps_zeta=30.0, negative_nll=True, multiplier_init=0.01, gradient_estimator="score",
+)
+
+#: Our defaults for the dual's own options (chosen by the measurements in experiments/).
+DEFAULTS: dict[str, Any] = dict(
+    energy_learning_rate=5e-4, multiplier_learning_rate=1e-3, zeta_multiplier_learning_rate=1e-2,
+    multiplier_optimizer="adam", multiplier_init=0.01, eps_zeta=1.0, negative_nll=True,
+    num_zeta_samples=16, num_rv_samples=1, gradient_estimator="reparameterized", temperature_weighted_kl=False,
+    warm_start_steps=100,
+)
+
+
+class JeffreysNPE(PosteriorEstimatorTrainer):
+    r"""Neural posterior estimation with a Jeffreys-symmetrized objective.
+
+    Same call sequence as sbi's ``NPE``::
+
+        inference = JeffreysNPE(prior)
+        inference.append_simulations(theta, x).train()
+        posterior = inference.build_posterior()          # or sample_with="langevin"
+        samples = posterior.sample((10_000,), x=x_o)
+
+    Args:
+        prior: the prior (a torch distribution on ``device``).
+        density_estimator: ``"zuko_nsf"`` (any sbi model name) or a builder
+            ``(theta, x) -> ConditionalDensityEstimator`` (e.g. ``sbi.neural_nets.posterior_nn``)
+            whose estimator samples with gradients (zuko-based ones do).
+        energy_estimator: ``"film_resnet"`` or a builder ``(theta, x) -> nn.Module`` mapping
+            ``(S, B, d)`` parameters and ``(B, k)`` conditions to ``(S, B)`` log-unnormalized
+            densities (see :func:`sbi_jeffreys.nets.energy_nn`).
+        device, logging_level, summary_writer, tracker, show_progress_bars: as in sbi.
+    """
+
+    def __init__(
+        self,
+        prior: Distribution | None = None,
+        density_estimator: str | Callable = "zuko_nsf",
+        energy_estimator: str | Callable = "film_resnet",
+        device: str = "cpu",
+        logging_level: int | str = "WARNING",
+        summary_writer=None,
+        tracker=None,
+        show_progress_bars: bool = True,
+    ):
+        super().__init__(prior=prior, density_estimator=density_estimator, device=device,
+                         logging_level=logging_level, summary_writer=summary_writer, tracker=tracker,
+                         show_progress_bars=show_progress_bars)
+        self._build_energy = energy_nn(energy_estimator) if isinstance(energy_estimator, str) else energy_estimator
+        self._energy_net: nn.Module | None = None
+        self._trainer: JeffreysTrainer | None = None
+
+    # ------------------------------------------------------------------ data
+    def append_simulations(self, theta: Tensor, x: Tensor, proposal: Any = None,
+                           exclude_invalid_x: bool | None = None, data_device: str | None = None) -> "JeffreysNPE":
+        """Store simulations with sbi's checks, plus the checks sbi leaves out: theta must be
+        finite, match the prior's dimension and lie inside its support. Invalid x (NaN/inf)
+        are excluded as sbi's NPE does and their count is reported."""
+        if proposal is not None and proposal is not self._prior:
+            raise NotImplementedError("JeffreysNPE is single-round: pass simulations drawn from the prior (proposal=None).")
+        if not isinstance(theta, Tensor) or not isinstance(x, Tensor):
+            raise TypeError(f"theta and x must be torch.Tensors, got {type(theta).__name__} and {type(x).__name__}.")
+        if theta.shape[0] != x.shape[0]:
+            raise ValueError(f"theta and x must have the same number of simulations, got {theta.shape[0]} and {x.shape[0]}.")
+        if theta.shape[0] == 0:
+            raise ValueError("append_simulations() received no simulations.")
+        theta = theta.float() if theta.is_floating_point() else theta
+        if not theta.is_floating_point():
+            raise TypeError(f"theta must be a floating-point tensor, got {theta.dtype}.")
+        if not torch.isfinite(theta).all():
+            raise ValueError(f"theta contains {int((~torch.isfinite(theta)).any(-1).sum())} rows with NaN or inf.")
+        if self._prior is not None:
+            event = self._prior.event_shape.numel() if len(self._prior.event_shape) else 1
+            if theta.reshape(theta.shape[0], -1).shape[1] != event:
+                raise ValueError(f"theta has {theta.reshape(theta.shape[0], -1).shape[1]} dimensions, the prior {event}.")
+            outside = ~within_support(self._prior, theta.to(self._device))
+            if outside.any():
+                raise ValueError(f"{int(outside.sum())} of {theta.shape[0]} theta lie outside the prior's support.")
+        valid = torch.isfinite(x.reshape(x.shape[0], -1)).all(-1)
+        if not valid.any():
+            raise ValueError(f"All {x.shape[0]} simulations x contain NaN or inf: nothing to train on.")
+        excluded = int((~valid).sum())
+        super().append_simulations(theta, x, proposal=None, exclude_invalid_x=exclude_invalid_x, data_device=data_device)
+        self._num_excluded = getattr(self, "_num_excluded", 0) + (excluded if exclude_invalid_x is not False else 0)
+        return self
+
+    def _log_prob_proposal_posterior(self, *args, **kwargs):
+        raise NotImplementedError("JeffreysNPE is single-round.")
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        training_batch_size: int = 200,
+        learning_rate: float = 5e-4,
+        validation_fraction: float = 0.1,
+        stop_after_epochs: int = 20,
+        max_num_epochs: int = 2**31 - 1,
+        clip_max_norm: float | None = 5.0,
+        resume_training: bool = False,
+        retrain_from_scratch: bool = False,
+        show_train_summary: bool = False,
+        dataloader_kwargs: dict | None = None,
+        *,
+        energy_learning_rate: float = DEFAULTS["energy_learning_rate"],
+        multiplier_learning_rate: float = DEFAULTS["multiplier_learning_rate"],
+        zeta_multiplier_learning_rate: float = DEFAULTS["zeta_multiplier_learning_rate"],
+        multiplier_optimizer: Literal["sgd", "adam"] = DEFAULTS["multiplier_optimizer"],
+        multiplier_init: float = DEFAULTS["multiplier_init"],
+        eps_zeta: float = DEFAULTS["eps_zeta"],
+        negative_nll: bool = DEFAULTS["negative_nll"],
+        num_zeta_samples: int = DEFAULTS["num_zeta_samples"],
+        num_rv_samples: int | None = DEFAULTS["num_rv_samples"],
+        gradient_estimator: Literal["reparameterized", "score"] = DEFAULTS["gradient_estimator"],
+        temperature_weighted_kl: bool = DEFAULTS["temperature_weighted_kl"],
+        warm_start_steps: int = DEFAULTS["warm_start_steps"],
+    ) -> nn.Module:
+        r"""Train :math:`p_\theta` and :math:`q_\psi` by GDA (Algorithm 3) and return the flow.
+
+        sbi's arguments mean what they mean for ``NPE`` (``learning_rate`` is the flow's).
+        Early stopping watches the flow's validation NLL, :math:`-\frac1{N_v}\sum\log p_\theta(\theta_i\mid x_i)`:
+        it is what ``posterior.sample`` draws from, is comparable across epochs while the
+        multipliers move (the Lagrangian is not), and equals NPE's validation loss, so both
+        stop by the same rule. The dual's own options: ``energy_learning_rate`` (ψ),
+        ``multiplier_learning_rate`` (λ_fw, λ_rv, λ_prx), ``zeta_multiplier_learning_rate``,
+        ``multiplier_optimizer``, ``multiplier_init``, ``eps_zeta`` (ζ box), ``negative_nll`` (B.7),
+        ``num_zeta_samples`` (M per condition), ``num_rv_samples`` (reverse-KL samples per
+        condition; ``None`` reuses the M ζ-samples), ``gradient_estimator``,
+        ``temperature_weighted_kl`` (eq. 22 with the EBM's temperature),
+        ``warm_start_steps`` (B.8 warm start of :math:`f_\psi` onto :math:`\log p_\theta`).
+        """
+        if not self._data_round_index:
+            raise RuntimeError("No simulations found. You must call .append_simulations() before calling .train().")
+        n = sum(t.shape[0] for t in self._theta_roundwise)
+        if int((1 - validation_fraction) * n) < 1 or n - int((1 - validation_fraction) * n) < 1:
+            raise ValueError(f"{n} simulations are too few for validation_fraction={validation_fraction}.")
+        resume = resume_training and self._trainer is not None
+        train_loader, val_loader = self.get_dataloaders(0, training_batch_size, validation_fraction, resume, dataloader_kwargs)
+        fresh = self._neural_net is None or retrain_from_scratch
+        self._initialize_neural_network(retrain_from_scratch=retrain_from_scratch, start_idx=0)
+        theta_all, x_all, _ = self.get_simulations(0)
+        if fresh or self._energy_net is None:
+            self._energy_net = self._build_energy(theta_all[self.train_indices].cpu(), x_all[self.train_indices].cpu())
+        flow, energy = self._neural_net.to(self._device), self._energy_net.to(self._device)
+
+        if not resume:
+            temperature = getattr(energy, "temperature", 1.0)
+            config = JeffreysConfig(
+                flow_lr=learning_rate, energy_lr=energy_learning_rate, multiplier_lr=multiplier_learning_rate,
+                zeta_multiplier_lr=zeta_multiplier_learning_rate, multiplier_optimizer=multiplier_optimizer,
+                multiplier_init=multiplier_init, eps_zeta=eps_zeta, negative_nll=negative_nll,
+                num_zeta_samples=num_zeta_samples, num_rv_samples=num_rv_samples, gradient_estimator=gradient_estimator,
+                kl_weight=temperature if temperature_weighted_kl else 1.0, clip_max_norm=clip_max_norm,
+            )
+            self._trainer = JeffreysTrainer(flow, energy, config)
+            if warm_start_steps > 0 and fresh:
+                warm_start_energy(flow, energy, self._contexts(train_loader), steps=warm_start_steps,
+                                  num_samples=training_batch_size * num_zeta_samples)
+
+        val_theta = theta_all[self.val_indices].to(self._device)
+        val_x = x_all[self.val_indices].to(self._device)
+        trainer = self._trainer
+        start = time.time()
+        epoch_start = [time.time()]
+
+        def validate() -> dict[str, float]:
+            return trainer.evaluate(val_theta, val_x, batch_size=training_batch_size)
+
+        def on_log(epoch: int, record: dict[str, float]) -> None:
+            now = time.time()
+            self._summary["epoch_durations_sec"].append(now - epoch_start[0])
+            epoch_start[0] = now
+            self._summary["training_loss"].append(record["nll_p"])
+            self._summary["validation_loss"].append(record["val_nll_p"])
+            for key, value in record.items():
+                self._summary.setdefault(key, []).append(value)
+            self._tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+        trainer.fit(
+            lambda: ((t.to(self._device), x.to(self._device)) for t, x, _ in train_loader),
+            max_epochs=max_num_epochs if not resume else trainer.epoch + max_num_epochs,
+            validate=validate, monitor="val_nll_p", stop_after_epochs=stop_after_epochs,
+            show_progress=self._show_progress_bars, on_log=on_log,
+        )
+        best = trainer.best["metric"] if trainer.best else float("nan")
+        self._summary["epochs_trained"].append(trainer.epoch)
+        self._summary["best_validation_loss"].append(best)
+        self._summary.setdefault("train_seconds", []).append(time.time() - start)
+        self._summary.setdefault("num_excluded_simulations", []).append(getattr(self, "_num_excluded", 0))
+        self._best_val_loss = best
+        self._tracker.flush()
+        if show_train_summary:
+            print(f"JeffreysNPE: {trainer.epoch} epochs, best validation NLL {best:.4f}, "
+                  f"lambda = {dict(zip(('fw', 'rv', 'prx', 'zu', 'zl'), trainer.dual.value.tolist()))}")
+        return deepcopy(self._neural_net)
+
+    def _contexts(self, loader):
+        while True:
+            for _, x, _ in loader:
+                yield x.to(self._device)
+
+    # ------------------------------------------------------------------ posteriors
+    def build_posterior(self, density_estimator: nn.Module | None = None, prior: Distribution | None = None,
+                        sample_with: Literal["flow", "langevin"] = "flow", langevin_method: Literal["ula", "mala"] = "ula",
+                        num_steps: int = 2000, step_size: float = 1e-4, num_zeta_samples: int = 1000, **kwargs):
+        r"""``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
+        prior's support, leakage-corrected ``log_prob``). ``"langevin"``: :class:`LangevinPosterior`
+        on :math:`q_\psi` (D.4: 2,000 steps of 1e-4, initialised from :math:`p_\theta`)."""
+        if self._neural_net is None and density_estimator is None:
+            raise RuntimeError("Nothing trained yet: call .train() before .build_posterior().")
+        prior = prior if prior is not None else self._prior
+        flow = density_estimator if density_estimator is not None else self._neural_net
+        if sample_with == "flow":
+            self._posterior = DirectPosterior(deepcopy(flow).eval(), prior, device=self._device, **kwargs)
+        elif sample_with == "langevin":
+            self._posterior = LangevinPosterior(deepcopy(flow), deepcopy(self._energy_net), prior, num_steps=num_steps,
+                                                step_size=step_size, method=langevin_method,
+                                                num_zeta_samples=num_zeta_samples, device=self._device)
+        else:
+            raise ValueError(f"sample_with must be 'flow' or 'langevin', got {sample_with!r}.")
+        return self._posterior
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str) -> None:
+        """Save simulations, split, both networks and the complete training state (atomic write)."""
+        import os
+
+        if self._trainer is None:
+            raise RuntimeError("Nothing to save: call .train() first.")
+        theta, x, _ = self.get_simulations(0)
+        state = {"theta": theta.cpu(), "x": x.cpu(), "train_indices": self.train_indices, "val_indices": self.val_indices,
+                 "trainer": self._trainer.state_dict(), "summary": {k: list(v) for k, v in self._summary.items()}}
+        torch.save(state, f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+
+    @classmethod
+    def load(cls, path: str, prior: Distribution, **init_kwargs) -> "JeffreysNPE":
+        """Rebuild a saved ``JeffreysNPE`` (same builders as when saved; defaults unless passed)
+        from a file written by :meth:`save`, with ``torch.load(weights_only=True)``."""
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        self = cls(prior, **init_kwargs)
+        self.append_simulations(state["theta"], state["x"])
+        self.train_indices, self.val_indices = state["train_indices"], state["val_indices"]
+        theta, x = state["theta"][self.train_indices], state["x"][self.train_indices]
+        self._neural_net = self._build_neural_net(theta, x).to(self._device)
+        self._energy_net = self._build_energy(theta, x).to(self._device)
+        cfg = state["trainer"]["config"]
+        config = JeffreysConfig(**{f.name: cfg[f.name] for f in fields(JeffreysConfig)})
+        self._trainer = JeffreysTrainer(self._neural_net, self._energy_net, config)
+        self._trainer.load_state_dict(_to_device(state["trainer"], self._device))
+        if self._trainer.best is not None:
+            self._neural_net.load_state_dict(self._trainer.best["flow"])
+            self._energy_net.load_state_dict(self._trainer.best["energy"])
+        self._summary = state["summary"]
+        return self
+
+
+def _to_device(tree, device):
+    if isinstance(tree, Tensor):
+        return tree if tree.dtype == torch.uint8 else tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_device(v, device) for v in tree]
+    return tree
