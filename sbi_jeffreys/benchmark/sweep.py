@@ -1,0 +1,613 @@
+"""C2ST sweeps over tasks x simulation budgets x seeds x methods (paper Fig. 6).
+
+Protocol (sbibm's, for amortized methods): for each (task, budget, seed) the simulations are
+drawn once (seeded, so every method sees the same ones), each method is trained once, and
+all requested observations are evaluated from that one posterior: ``num_samples`` posterior
+samples against the first ``num_samples`` reference posterior samples of the observation,
+scored by C2ST (sbibm's MLP variant by default, see :mod:`sbi_jeffreys.benchmark.c2st`).
+
+Unit of work: one *training* for one (task, budget, seed). Methods that share a trained model
+(``jeffreys_npe`` and ``jeffreys_npe_langevin`` only differ in ``build_posterior``'s
+``sample_with``; see :attr:`~sbi_jeffreys.registry.MethodSpec.training_key`) share one unit,
+which builds one posterior per method and reports the same ``train_seconds`` for both. A unit
+returns its rows (one per method x observation) to the driver process, which alone writes them.
+
+Results store (:class:`ResultStore`): ``results.csv`` is only ever replaced whole. To add a
+unit's rows the driver takes an exclusive ``fcntl.flock`` on ``results.csv.lock``, reads the
+current file, drops any new row whose key ``(task, num_simulations, seed, observation,
+method)`` is already present, writes the old rows plus the new ones to a temporary file in
+the same directory, ``fsync``\\ s it, ``os.replace``\\ s it over ``results.csv`` and
+``fsync``\\ s the directory. ``os.replace`` is atomic on POSIX, so a reader or a restarted
+sweep sees either the old file or the new one, never a partial row, and a unit's rows land
+all together or not at all: a sweep killed at any moment (SIGKILL included) loses at most
+the units in flight and never duplicates a row. On restart, cells already in
+``results.csv`` are skipped (a unit runs only if one of its cells is missing, and then
+writes only the missing ones). The settings that are not part of the key (``num_samples``,
+C2ST variant, training and method kwargs) are saved in ``sweep_config.json``; resuming into
+the same folder with different settings is refused, so rows of different settings never mix.
+
+Execution goes through existing engines: ``backend="local"`` runs units in joblib's loky
+worker processes (``n_jobs``), ``backend="dask"`` submits them to a dask.distributed
+scheduler (``scheduler`` address, or a ``LocalCluster`` of ``n_jobs`` workers) with
+``Client.map`` and collects them with ``as_completed``. ``devices`` are assigned round-robin
+to the units to run (an assignment, not an exclusive placement: with more parallel units than
+devices, two units may share a device at a time).
+
+After the units, :func:`write_summary` writes ``summary.csv`` (mean ± sd of C2ST over seeds
+and observations per task x budget x method) and :func:`plot_c2st_vs_budget` writes
+``c2st_vs_budget.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import math
+import os
+import platform
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+from sbi_jeffreys.benchmark.c2st import get_c2st
+from sbi_jeffreys.benchmark.tasks import TASKS, get_task
+from sbi_jeffreys.registry import get_method
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "KEY_COLUMNS",
+    "Unit",
+    "UnitResult",
+    "SweepReport",
+    "ResultStore",
+    "plan_units",
+    "run_unit",
+    "run_sweep",
+    "write_summary",
+    "plot_c2st_vs_budget",
+]
+
+KEY_COLUMNS: tuple[str, ...] = ("task", "num_simulations", "seed", "observation", "method")
+RESULT_COLUMNS: tuple[str, ...] = KEY_COLUMNS + (
+    "c2st",
+    "c2st_kind",
+    "num_samples",
+    "num_simulations_used",
+    "train_seconds",
+    "sample_seconds",
+    "c2st_seconds",
+    "simulate_seconds",
+    "device",
+    "host",
+    "finished_at",
+)
+_INT_KEYS = ("num_simulations", "seed", "observation")
+MAX_REFERENCE_SAMPLES = 10_000  # sbibm ships 10,000 reference posterior samples per observation
+
+Key = tuple[str, int, int, int, str]
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _key(row: Mapping[str, Any]) -> Key:
+    return (
+        str(row["task"]),
+        int(row["num_simulations"]),
+        int(row["seed"]),
+        int(row["observation"]),
+        str(row["method"]),
+    )
+
+
+# --------------------------------------------------------------------------- results store
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, see :func:`_atomic_write_bytes`."""
+    _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ResultStore:
+    """``results.csv`` with whole-file atomic replacement under a file lock (module docstring)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.lock_path, "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def read(self) -> list[dict[str, str]]:
+        """All rows, as dicts of strings (empty list if the file does not exist yet)."""
+        if not self.path.exists():
+            return []
+        with open(self.path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    def finished(self) -> set[Key]:
+        """Keys ``(task, num_simulations, seed, observation, method)`` already stored."""
+        return {_key(row) for row in self.read()}
+
+    def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Atomically add ``rows`` whose key is not stored yet; return how many were added."""
+        rows = list(rows)
+        if not rows:
+            return 0
+        with self._locked():
+            old = self.read()
+            seen = {_key(r) for r in old}
+            new = []
+            for row in rows:
+                k = _key(row)
+                if k not in seen:
+                    seen.add(k)
+                    new.append(row)
+            if not new:
+                return 0
+            columns = list(RESULT_COLUMNS)
+            for row in old[:1] + new:
+                columns += [c for c in row if c not in columns]
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(old)
+            writer.writerows(new)
+            _atomic_write_text(self.path, buffer.getvalue())
+            return len(new)
+
+
+# --------------------------------------------------------------------------- units
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training (task, budget, seed, methods sharing a model) and its evaluations."""
+
+    task: str
+    num_simulations: int
+    seed: int
+    methods: tuple[str, ...]
+    observations: tuple[int, ...]
+    device: str = "cpu"
+    num_samples: int = 10_000
+    c2st: str = "sbibm"
+    train_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    method_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    torch_threads: Optional[int] = 1
+
+    def keys(self) -> list[Key]:
+        return [
+            (self.task, self.num_simulations, self.seed, o, m)
+            for m in self.methods
+            for o in self.observations
+        ]
+
+    def label(self) -> str:
+        return f"{self.task}/n={self.num_simulations}/seed={self.seed}/{'+'.join(self.methods)}"
+
+
+@dataclass
+class UnitResult:
+    """What a unit sends back: its rows and, per failed method, the formatted traceback."""
+
+    unit: Unit
+    rows: list[dict[str, Any]]
+    errors: dict[str, str]
+
+
+@dataclass
+class SweepReport:
+    """Counts of a :func:`run_sweep` call and the failures it met (rerun to retry them)."""
+
+    out: Path
+    units_planned: int
+    units_skipped: int
+    units_run: int
+    rows_written: int
+    failures: list[tuple[str, str, str]]  # (unit label, method, traceback)
+    wall_seconds: float
+
+
+def plan_units(
+    tasks: Sequence[str],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    observations: Sequence[int],
+    methods: Sequence[str],
+    *,
+    finished: Optional[set[Key]] = None,
+    devices: Sequence[str] = ("cpu",),
+    num_samples: int = 10_000,
+    c2st: str = "sbibm",
+    train_kwargs: Optional[Mapping[str, Any]] = None,
+    method_kwargs: Optional[Mapping[str, Any]] = None,
+    torch_threads: Optional[int] = 1,
+) -> tuple[list[Unit], int]:
+    """Validate the grid and return ``(units still to run, number of units skipped)``.
+
+    Methods with the same ``training_key`` share a unit. A unit keeps only the methods and
+    observations that have at least one missing cell; units with none are skipped. Devices
+    are assigned round-robin over the units to run.
+
+    Raises:
+        ValueError: unknown task, method or C2ST variant (listing the valid names), empty
+            lists, non-positive budgets, observations outside 1..10, or ``num_samples``
+            above the 10,000 reference samples sbibm provides.
+    """
+    for name, values in (("tasks", tasks), ("budgets", budgets), ("seeds", seeds),
+                         ("observations", observations), ("methods", methods),
+                         ("devices", devices)):
+        if not values:
+            raise ValueError(f"{name} must not be empty")
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"Unknown task {t!r}; valid tasks are: {', '.join(TASKS)}")
+    specs = [get_method(m) for m in dict.fromkeys(methods)]
+    get_c2st(c2st)
+    if any(int(b) < 1 for b in budgets):
+        raise ValueError(f"budgets must be positive integers, got {list(budgets)}")
+    if any(not 1 <= int(o) <= 10 for o in observations):
+        raise ValueError(f"observations must lie in 1..10 (sbibm's), got {list(observations)}")
+    if not 1 <= int(num_samples) <= MAX_REFERENCE_SAMPLES:
+        raise ValueError(
+            f"num_samples must lie in 1..{MAX_REFERENCE_SAMPLES} (sbibm's reference "
+            f"samples per observation), got {num_samples}"
+        )
+    groups: dict[Any, list[str]] = {}
+    for spec in specs:
+        groups.setdefault(spec.training_key, []).append(spec.name)
+    finished = finished or set()
+    todo: list[Unit] = []
+    skipped = 0
+    for task in dict.fromkeys(tasks):
+        for budget in dict.fromkeys(int(b) for b in budgets):
+            for seed in dict.fromkeys(int(s) for s in seeds):
+                for group in groups.values():
+                    missing = [
+                        (m, int(o)) for m in group for o in dict.fromkeys(observations)
+                        if (task, budget, seed, int(o), m) not in finished
+                    ]
+                    if not missing:
+                        skipped += 1
+                        continue
+                    todo.append(
+                        Unit(
+                            task=task,
+                            num_simulations=budget,
+                            seed=seed,
+                            methods=tuple(dict.fromkeys(m for m, _ in missing)),
+                            observations=tuple(dict.fromkeys(o for _, o in missing)),
+                            device=str(devices[len(todo) % len(devices)]),
+                            num_samples=int(num_samples),
+                            c2st=c2st,
+                            train_kwargs=dict(train_kwargs or {}),
+                            method_kwargs=dict(method_kwargs or {}),
+                            torch_threads=torch_threads,
+                        )
+                    )
+    return todo, skipped
+
+
+def run_unit(unit: Unit) -> UnitResult:
+    """Simulate, train once, then sample and score every (method, observation) of ``unit``.
+
+    Runs in a worker process. Exceptions are caught and returned per method (a failed
+    training fails all the unit's methods), so one bad cell does not stop a sweep; failed
+    cells get no row and are retried by the next run.
+    """
+    if unit.torch_threads:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(int(unit.torch_threads))
+        with threadpool_limits(limits=int(unit.torch_threads)):
+            return _run_unit(unit)
+    return _run_unit(unit)
+
+
+def _run_unit(unit: Unit) -> UnitResult:
+    from sbi_jeffreys.benchmark import algorithm
+
+    rows: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    try:
+        task = get_task(unit.task)
+        start = time.perf_counter()
+        simulations = algorithm.simulate(task, unit.num_simulations, unit.seed)
+        simulate_seconds = time.perf_counter() - start
+        inference, train_seconds = algorithm.train_inference(
+            task, unit.num_simulations, unit.methods[0], unit.seed, unit.device,
+            unit.train_kwargs, simulations=simulations, **unit.method_kwargs,
+        )
+    except Exception:
+        return UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
+    metric = get_c2st(unit.c2st)
+    host = socket.gethostname() or platform.node()
+    for method in unit.methods:
+        try:
+            start = time.perf_counter()
+            posterior = algorithm.build_posterior(inference, method)
+            build_seconds = time.perf_counter() - start
+            method_rows = []
+            for obs in unit.observations:
+                x_o = task.get_observation(num_observation=obs).to(unit.device)
+                algorithm.seed_everything(unit.seed * 100_003 + obs)
+                samples, sample_seconds = algorithm.sample_posterior(
+                    posterior, x_o, unit.num_samples
+                )
+                reference = task.get_reference_posterior_samples(num_observation=obs)
+                reference = reference[: unit.num_samples]
+                start = time.perf_counter()
+                score = metric(reference, samples, **({"seed": unit.seed} if unit.c2st == "paper" else {}))
+                c2st_seconds = time.perf_counter() - start
+                method_rows.append(
+                    {
+                        "task": unit.task,
+                        "num_simulations": unit.num_simulations,
+                        "seed": unit.seed,
+                        "observation": obs,
+                        "method": method,
+                        "c2st": score,
+                        "c2st_kind": unit.c2st,
+                        "num_samples": unit.num_samples,
+                        "num_simulations_used": int(simulations[0].shape[0]),
+                        "train_seconds": train_seconds + build_seconds,
+                        "sample_seconds": sample_seconds,
+                        "c2st_seconds": c2st_seconds,
+                        "simulate_seconds": simulate_seconds,
+                        "device": unit.device,
+                        "host": host,
+                        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    }
+                )
+            rows.extend(method_rows)
+        except Exception:
+            errors[method] = traceback.format_exc()
+    return UnitResult(unit, rows, errors)
+
+
+# --------------------------------------------------------------------------- execution
+
+
+def _run_local(units: list[Unit], n_jobs: int) -> Iterator[UnitResult]:
+    if n_jobs == 1:
+        yield from map(run_unit, units)
+        return
+    from joblib import Parallel, delayed
+
+    yield from Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")(
+        delayed(run_unit)(u) for u in units
+    )
+
+
+def _run_dask(units: list[Unit], n_jobs: int, scheduler: Optional[str]) -> Iterator[UnitResult]:
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        if scheduler:
+            client = stack.enter_context(Client(scheduler))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True)
+            )
+            client = stack.enter_context(Client(cluster))
+        futures = client.map(run_unit, units, pure=False)
+        by_future = dict(zip(futures, units))
+        for future in as_completed(futures):
+            try:
+                yield future.result()
+            except Exception:
+                unit = by_future[future]
+                yield UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
+
+
+def _check_config(out: Path, config: dict[str, Any]) -> None:
+    path = out / "sweep_config.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved != config:
+            raise ValueError(
+                f"{out} holds results of a sweep with other settings ({saved}); these are "
+                f"{config}. Use another output folder to keep results comparable."
+            )
+    else:
+        _atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def run_sweep(
+    tasks: Sequence[str],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    observations: Sequence[int],
+    methods: Sequence[str],
+    out: str | os.PathLike,
+    *,
+    num_samples: int = 10_000,
+    c2st: str = "sbibm",
+    train_kwargs: Optional[Mapping[str, Any]] = None,
+    method_kwargs: Optional[Mapping[str, Any]] = None,
+    devices: Sequence[str] = ("cpu",),
+    n_jobs: int = 1,
+    backend: str = "local",
+    scheduler: Optional[str] = None,
+    torch_threads: Optional[int] = 1,
+    progress: bool = True,
+    summarize: bool = True,
+) -> SweepReport:
+    """Run (or resume) a sweep into ``out``; see the module docstring for the protocol.
+
+    Args:
+        tasks, budgets, seeds, observations, methods: the grid (names from
+            :data:`~sbi_jeffreys.benchmark.tasks.TASKS` and the method registry).
+        out: output folder for ``results.csv``, ``summary.csv``, ``c2st_vs_budget.png``.
+        num_samples: posterior samples per observation (and reference samples compared).
+        c2st: ``"sbibm"`` or ``"paper"``.
+        train_kwargs: passed to every method's ``train`` (e.g. ``{"max_num_epochs": 50}``).
+        method_kwargs: passed to every method's constructor.
+        devices: assigned round-robin to the units.
+        n_jobs: parallel workers (joblib processes, or LocalCluster workers for dask).
+        backend: ``"local"`` (joblib) or ``"dask"`` (``scheduler`` address or LocalCluster).
+        torch_threads: torch intra-op threads (and BLAS/OpenMP threads, through
+            threadpoolctl) per unit; ``None`` or 0 leaves the libraries' defaults. The default
+            1 suits these small networks: on a loaded 2-core machine torch's default of one
+            thread per core made a 20-epoch NPE training 90x slower (206 s vs 2.4 s) through
+            OpenMP spin-waiting, and trainings on GPUs do not need CPU threads.
+        progress: show a tqdm bar over units.
+        summarize: write ``summary.csv`` and the figure at the end.
+    """
+    if backend not in ("local", "dask"):
+        raise ValueError(f"Unknown backend {backend!r}; valid backends are: local, dask")
+    if int(n_jobs) < 1:
+        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = ResultStore(out / "results.csv")
+    units, skipped = plan_units(
+        tasks, budgets, seeds, observations, methods,
+        finished=store.finished(), devices=devices, num_samples=num_samples, c2st=c2st,
+        train_kwargs=train_kwargs, method_kwargs=method_kwargs, torch_threads=torch_threads,
+    )
+    _check_config(out, {
+        "num_samples": int(num_samples),
+        "c2st": c2st,
+        "train_kwargs": dict(train_kwargs or {}),
+        "method_kwargs": dict(method_kwargs or {}),
+    })
+    from tqdm.auto import tqdm
+
+    written = 0
+    failures: list[tuple[str, str, str]] = []
+    if units:
+        results = (_run_local(units, int(n_jobs)) if backend == "local"
+                   else _run_dask(units, int(n_jobs), scheduler))
+        with tqdm(total=len(units), desc=f"sweep ({skipped} done before)", disable=not progress) as bar:
+            for result in results:
+                written += store.append(result.rows)
+                for method, tb in result.errors.items():
+                    failures.append((result.unit.label(), method, tb))
+                    bar.write(f"FAILED {result.unit.label()} [{method}]:\n{tb}")
+                if result.rows:
+                    mean = sum(float(r["c2st"]) for r in result.rows) / len(result.rows)
+                    bar.set_postfix_str(f"{result.unit.label()} c2st={mean:.3f}")
+                bar.update(1)
+    if summarize and store.path.exists():
+        plot_c2st_vs_budget(out, write_summary(out))
+    return SweepReport(out, len(units) + skipped, skipped, len(units), written, failures,
+                       time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------- summary, figure
+
+
+def _load_results(out: Path):
+    import pandas as pd
+
+    frame = pd.read_csv(Path(out) / "results.csv")
+    if frame.empty:
+        raise ValueError(f"{out}/results.csv holds no rows")
+    return frame
+
+
+def write_summary(out: str | os.PathLike):
+    """Write ``summary.csv``: C2ST mean ± sd over seeds and observations per task x budget x method.
+
+    Columns: task, num_simulations, method, c2st_mean, c2st_sd (sample sd, ddof=1; empty for
+    a single cell), n_cells, n_seeds, c2st ("mean ± sd" text), train_seconds_mean (per
+    training), sample_seconds_mean (per observation). Returns the table (a pandas DataFrame).
+    """
+    frame = _load_results(Path(out))
+    grouped = frame.groupby(["task", "num_simulations", "method"], sort=True)
+    summary = grouped.agg(
+        c2st_mean=("c2st", "mean"),
+        c2st_sd=("c2st", "std"),
+        n_cells=("c2st", "size"),
+        n_seeds=("seed", "nunique"),
+        train_seconds_mean=("train_seconds", "mean"),
+        sample_seconds_mean=("sample_seconds", "mean"),
+    ).reset_index()
+    summary.insert(
+        5, "c2st",
+        [f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
+         for m, s in zip(summary["c2st_mean"], summary["c2st_sd"])],
+    )
+    _atomic_write_text(Path(out) / "summary.csv", summary.to_csv(index=False))
+    return summary
+
+
+def plot_c2st_vs_budget(out: str | os.PathLike, summary=None) -> Path:
+    """Draw ``c2st_vs_budget.png`` (Fig. 6 style) from ``results.csv`` and return its path.
+
+    One panel per task; x: simulation budget (log scale); y: C2ST mean over seeds and
+    observations with ± sd error bars; one line per method; dashed line at chance (0.5).
+    ``summary`` is :func:`write_summary`'s table; by default it is recomputed (and rewritten).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if summary is None:
+        summary = write_summary(out)
+    tasks = list(dict.fromkeys(summary["task"]))
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        part = summary[summary["task"] == task]
+        for method in dict.fromkeys(part["method"]):
+            rows = part[part["method"] == method].sort_values("num_simulations")
+            ax.errorbar(rows["num_simulations"], rows["c2st_mean"],
+                        yerr=rows["c2st_sd"].fillna(0.0), marker="o", capsize=3, label=method)
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(0.45, 1.02)
+        ax.set_title(task)
+        ax.set_xlabel("number of simulations")
+        ax.set_ylabel("C2ST")
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out) / "c2st_vs_budget.png"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150)
+    plt.close(fig)
+    _atomic_write_bytes(path, buffer.getvalue())
+    return path

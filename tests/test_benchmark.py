@@ -1,0 +1,284 @@
+"""Tests for the method registry and the sbibm benchmark (tasks, C2ST, adapter, sweeps).
+
+Trainings use sbi's NPE (and, once it exists, JeffreysNPE) with a few hundred simulations
+and two epochs so that each test takes seconds on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sbi_jeffreys.benchmark import (
+    TASKS,
+    ResultStore,
+    c2st_paper,
+    c2st_sbibm,
+    get_task,
+    prior_box,
+    prior_on_device,
+    run_method,
+    run_sweep,
+)
+from sbi_jeffreys.benchmark.sweep import KEY_COLUMNS
+from sbi_jeffreys.registry import available_methods, get_method
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "sbi_sweep.py"
+TINY_TRAIN = {"max_num_epochs": 2}
+HAS_JEFFREYS = importlib.util.find_spec("sbi_jeffreys.adapters.sbi") is not None
+needs_jeffreys = pytest.mark.skipif(
+    not HAS_JEFFREYS, reason="sbi_jeffreys.adapters.sbi (JeffreysNPE) does not exist yet"
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Trainings in this process use one thread, as the sweep's units do by default: on a
+    loaded 2-core machine torch's default (one thread per core) spin-waits and runs these
+    tiny trainings up to 90x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_train(method: str) -> dict:
+    """Two epochs; for JeffreysNPE also a short warm start of the energy model (B.8)."""
+    return dict(TINY_TRAIN, **({"warm_start_steps": 2} if method.startswith("jeffreys") else {}))
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _keys(rows) -> list[tuple]:
+    return [tuple(r[c] for c in KEY_COLUMNS) for r in rows]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_resolves_npe_and_jeffreys_lazily():
+    assert {"npe", "jeffreys_npe", "jeffreys_npe_langevin"} <= set(available_methods())
+    from sbi.inference import NPE
+
+    assert get_method("npe").load() is NPE
+    assert get_method("jeffreys_npe").posterior_kwargs["sample_with"] == "flow"
+    assert get_method("jeffreys_npe_langevin").posterior_kwargs["sample_with"] == "langevin"
+    assert (get_method("jeffreys_npe").training_key
+            == get_method("jeffreys_npe_langevin").training_key)
+    assert get_method("npe").training_key != get_method("npe_nsf").training_key
+    # Importing the registry imports neither sbi nor the JeffreysNPE adapter beyond what
+    # the package itself imports.
+    code = (
+        "import sys, sbi_jeffreys; before = set(sys.modules); import sbi_jeffreys.registry; "
+        "new = set(sys.modules) - before; "
+        "bad = sorted(m for m in new if m == 'sbi' or m.startswith(('sbi.', 'sbi_jeffreys.adapters'))); "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+@needs_jeffreys
+def test_registry_loads_jeffreys_npe():
+    from sbi_jeffreys.adapters.sbi import JeffreysNPE
+
+    assert get_method("jeffreys_npe").load() is JeffreysNPE
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path, capsys):
+    with pytest.raises(ValueError, match="Unknown method 'nope'.*npe, .*jeffreys_npe"):
+        get_method("nope")
+    with pytest.raises(ValueError, match="Unknown task 'nope'.*two_moons, gaussian_mixture"):
+        get_task("nope")
+    with pytest.raises(ValueError, match="valid tasks are: two_moons"):
+        run_sweep(["two_moons", "nope"], [100], [0], [1], ["npe"], tmp_path)
+    with pytest.raises(ValueError, match="valid methods are: npe"):
+        run_sweep(["two_moons"], [100], [0], [1], ["npe", "nope"], tmp_path)
+    with pytest.raises(ValueError, match="valid methods are: npe"):
+        run_method("two_moons", 10, 100, num_observation=1, method="nope")
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import sbi_sweep
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    for option in ("--tasks", "--methods"):
+        with pytest.raises(SystemExit):
+            sbi_sweep.main([option, "nope"])
+        err = capsys.readouterr().err
+        assert "invalid choice: 'nope'" in err and ("two_moons" in err or "jeffreys_npe" in err)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_task_imports_simulates_and_loads_reference(name):
+    task = get_task(name)
+    theta = task.get_prior()(num_samples=4)
+    x = task.get_simulator()(theta)
+    assert theta.shape == (4, task.dim_parameters) and x.shape == (4, task.dim_data)
+    reference = task.get_reference_posterior_samples(num_observation=1)
+    assert reference.shape == (10_000, task.dim_parameters)
+    assert task.get_observation(num_observation=10).shape == (1, task.dim_data)
+    prior = prior_on_device(task, "cpu")
+    torch.testing.assert_close(prior.log_prob(theta), task.get_prior_dist().log_prob(theta))
+    box = prior_box(task)
+    if name in ("gaussian_linear", "bernoulli_glm"):
+        assert box is None
+    else:
+        low, high = box
+        assert low.shape == high.shape == (task.dim_parameters,) and (low < high).all()
+        assert ((theta >= low) & (theta <= high)).all()
+
+
+# --------------------------------------------------------------------------- c2st
+
+
+def test_c2st_same_distribution_near_half_separated_near_one():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(400, 2, generator=g)
+    Y = torch.randn(400, 2, generator=g)
+    assert abs(c2st_sbibm(X, Y) - 0.5) < 0.1
+    assert c2st_sbibm(X, Y + 8.0) > 0.95
+    X = torch.randn(2000, 3, generator=g)
+    Y = torch.randn(2000, 3, generator=g)
+    assert abs(c2st_paper(X, Y, seed=0) - 0.5) < 0.06
+    assert c2st_paper(X, Y + 8.0, seed=0) > 0.99
+    with pytest.raises(ValueError, match="differ in dimension"):
+        c2st_paper(X, Y[:, :2], seed=0)
+
+
+# --------------------------------------------------------------------------- adapter
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=needs_jeffreys) if m.startswith("jeffreys") else m
+     for m in available_methods()],
+)
+def test_adapter_returns_sbibm_shapes(method):
+    samples, used, log_prob_true = run_method(
+        "two_moons", 50, 200, num_observation=3, method=method, seed=1,
+        train_kwargs=_tiny_train(method),
+    )
+    assert samples.shape == (50, 2) and samples.device.type == "cpu"
+    assert samples.dtype == torch.float32 and torch.isfinite(samples).all()
+    assert used == 200 and log_prob_true is None
+
+
+def test_adapter_accepts_an_observation_tensor():
+    task = get_task("gaussian_linear")
+    samples, used, _ = run_method(
+        task, 30, 200, observation=task.get_observation(2), seed=1, train_kwargs=TINY_TRAIN
+    )
+    assert samples.shape == (30, 10) and used == 200
+
+
+def test_adapter_same_seed_same_numbers():
+    run = lambda: run_method("slcp", 20, 200, num_observation=1, seed=3, train_kwargs=TINY_TRAIN)[0]
+    torch.testing.assert_close(run(), run(), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        run_method("slcp", 20, 200, seed=3)
+
+
+# --------------------------------------------------------------------------- store & sweeps
+
+
+def test_store_never_duplicates_rows(tmp_path):
+    store = ResultStore(tmp_path / "results.csv")
+    row = dict(task="two_moons", num_simulations=100, seed=0, observation=1, method="npe", c2st=0.7)
+    assert store.append([row, dict(row, observation=2)]) == 2
+    assert store.append([dict(row, c2st=0.9), dict(row, observation=3)]) == 1
+    rows = store.read()
+    assert len(rows) == 3 and len(set(_keys(rows))) == 3
+    assert rows[0]["c2st"] == "0.7"  # the first stored value wins
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tiny_sweep_writes_results_summary_and_figure(tmp_path):
+    report = run_sweep(
+        ["two_moons", "gaussian_mixture"], [200], [0], [1], ["npe"], tmp_path,
+        num_samples=200, c2st="paper", train_kwargs=TINY_TRAIN, n_jobs=2, progress=False,
+    )
+    assert report.failures == [] and report.units_run == 2 and report.rows_written == 2
+    rows = _rows(tmp_path / "results.csv")
+    assert sorted(r["task"] for r in rows) == ["gaussian_mixture", "two_moons"]
+    for r in rows:
+        assert 0.0 <= float(r["c2st"]) <= 1.0 and r["c2st_kind"] == "paper"
+        assert float(r["train_seconds"]) > 0 and float(r["sample_seconds"]) > 0
+        assert r["device"] == "cpu" and r["num_simulations"] == "200"
+    summary = _rows(tmp_path / "summary.csv")
+    assert {(r["task"], r["num_simulations"], r["method"]) for r in summary} == {
+        ("two_moons", "200", "npe"), ("gaussian_mixture", "200", "npe")}
+    assert (tmp_path / "c2st_vs_budget.png").stat().st_size > 10_000
+    # a rerun skips everything; other settings in the same folder are refused
+    again = run_sweep(["two_moons", "gaussian_mixture"], [200], [0], [1], ["npe"], tmp_path,
+                      num_samples=200, c2st="paper", train_kwargs=TINY_TRAIN, progress=False)
+    assert again.units_run == 0 and again.units_skipped == 2
+    with pytest.raises(ValueError, match="other settings"):
+        run_sweep(["two_moons"], [200], [0], [1], ["npe"], tmp_path,
+                  num_samples=200, c2st="sbibm", train_kwargs=TINY_TRAIN, progress=False)
+
+
+def test_failed_training_is_reported_and_writes_no_row(tmp_path):
+    report = run_sweep(["two_moons"], [200], [0], [1], ["npe"], tmp_path, num_samples=50,
+                       train_kwargs={"not_an_option": 1}, progress=False)
+    assert len(report.failures) == 1 and "not_an_option" in report.failures[0][2]
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_dask_backend_on_local_cluster(tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster:
+        report = run_sweep(
+            ["two_moons"], [200], [0, 1], [1, 2], ["npe"], tmp_path, num_samples=100,
+            c2st="paper", train_kwargs=TINY_TRAIN, backend="dask",
+            scheduler=cluster.scheduler_address, progress=False,
+        )
+    assert report.failures == [] and report.units_run == 2
+    rows = _rows(tmp_path / "results.csv")
+    assert sorted(_keys(rows)) == sorted(
+        ("two_moons", "200", str(s), str(o), "npe") for s in (0, 1) for o in (1, 2))
+    assert (tmp_path / "summary.csv").exists() and (tmp_path / "c2st_vs_budget.png").exists()
+
+
+def test_sweep_killed_with_sigkill_resumes_without_duplicates(tmp_path):
+    budgets = [str(b) for b in range(200, 1000, 100)]  # 8 trainings
+    cmd = [sys.executable, str(SCRIPT), "--tasks", "two_moons", "--budgets", *budgets,
+           "--seeds", "0", "--observations", "1", "--methods", "npe", "--num-samples", "100",
+           "--c2st", "paper", "--max-epochs", "2", "--no-progress", "--out", str(tmp_path)]
+    results = tmp_path / "results.csv"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (results.exists() and _rows(results)):
+            assert proc.poll() is None, "the sweep ended before writing a row"
+            assert time.monotonic() < deadline, "no row after 120 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    first = _rows(results)
+    assert 1 <= len(first) < len(budgets), "the sweep was not interrupted half-way"
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(budgets) - len(first)} trainings run, {len(first)} already done" in done.stdout
+    rows = _rows(results)
+    assert len(rows) == len(budgets) and len(set(_keys(rows))) == len(rows)
+    assert sorted(r["num_simulations"] for r in rows) == sorted(budgets)
+    assert rows[: len(first)] == first  # finished cells were kept, not redone
