@@ -60,7 +60,8 @@ class JeffreysConfig:
     score_baseline: bool = True
     kl_weight: float = 1.0
     zeta_every: int = 1
-    betas: tuple[float, float] = (0.0, 0.9)
+    betas: tuple[float, float] = (0.0, 0.9)  # App. C.3, for both models unless flow_betas is set
+    flow_betas: tuple[float, float] | None = None
     clip_max_norm: float | None = None
     max_log_zeta: float = 20.0
     max_rollbacks: int = 3
@@ -72,6 +73,7 @@ class JeffreysConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
         self.betas = tuple(self.betas)
+        self.flow_betas = tuple(self.flow_betas) if self.flow_betas is not None else None
 
 
 def _checked(x: Tensor, name: str, dim: int | None = None) -> None:
@@ -114,7 +116,7 @@ class JeffreysTrainer:
             init=config.multiplier_init, lr=config.multiplier_lr, zeta_lr=config.zeta_multiplier_lr,
             optimizer=config.multiplier_optimizer, negative_nll=config.negative_nll,
         ).to(device)
-        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.betas)
+        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.flow_betas or config.betas)
         self.opt_energy = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
         self.step_count = 0
         self.epoch = 0

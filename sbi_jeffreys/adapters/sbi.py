@@ -33,14 +33,15 @@ PAPER_D4: dict[str, Any] = dict(
     training_batch_size=1000, learning_rate=1e-4, energy_learning_rate=1e-5,
     multiplier_learning_rate=1e-6, zeta_multiplier_learning_rate=1e-2, multiplier_optimizer="sgd",
     eps_zeta=30.0, negative_nll=True, multiplier_init=0.01, gradient_estimator="score",
+    flow_betas=(0.0, 0.9), energy_betas=(0.0, 0.9),
 )
 
 #: Our defaults for the dual's own options (chosen by the measurements in experiments/).
 DEFAULTS: dict[str, Any] = dict(
     energy_learning_rate=5e-4, multiplier_learning_rate=1e-3, zeta_multiplier_learning_rate=1e-2,
-    multiplier_optimizer="adam", multiplier_init=0.01, eps_zeta=1.0, negative_nll=True,
+    multiplier_optimizer="sgd", multiplier_init=0.01, eps_zeta=1.0, negative_nll=True,
     num_zeta_samples=16, num_rv_samples=1, gradient_estimator="reparameterized", temperature_weighted_kl=False,
-    warm_start_steps=100,
+    warm_start_steps=100, flow_betas=(0.9, 0.999),
 )
 
 
@@ -146,6 +147,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         gradient_estimator: Literal["reparameterized", "score"] = DEFAULTS["gradient_estimator"],
         temperature_weighted_kl: bool = DEFAULTS["temperature_weighted_kl"],
         warm_start_steps: int = DEFAULTS["warm_start_steps"],
+        flow_betas: tuple[float, float] = DEFAULTS["flow_betas"],
+        energy_betas: tuple[float, float] = (0.0, 0.9),
     ) -> nn.Module:
         r"""Train :math:`p_\theta` and :math:`q_\psi` by GDA (Algorithm 3) and return the flow.
 
@@ -159,7 +162,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         ``num_zeta_samples`` (M per condition), ``num_rv_samples`` (reverse-KL samples per
         condition; ``None`` reuses the M ζ-samples), ``gradient_estimator``,
         ``temperature_weighted_kl`` (eq. 22 with the EBM's temperature),
-        ``warm_start_steps`` (B.8 warm start of :math:`f_\psi` onto :math:`\log p_\theta`).
+        ``warm_start_steps`` (B.8 warm start of :math:`f_\psi` onto :math:`\log p_\theta`),
+        ``flow_betas`` / ``energy_betas`` (Adam; the flow defaults to torch's, as NPE, the EBM to
+        the paper's (0, 0.9)).
         """
         if not self._data_round_index:
             raise RuntimeError("No simulations found. You must call .append_simulations() before calling .train().")
@@ -183,6 +188,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 multiplier_init=multiplier_init, eps_zeta=eps_zeta, negative_nll=negative_nll,
                 num_zeta_samples=num_zeta_samples, num_rv_samples=num_rv_samples, gradient_estimator=gradient_estimator,
                 kl_weight=temperature if temperature_weighted_kl else 1.0, clip_max_norm=clip_max_norm,
+                betas=tuple(energy_betas), flow_betas=tuple(flow_betas),
             )
             self._trainer = JeffreysTrainer(flow, energy, config)
             if warm_start_steps > 0 and fresh:

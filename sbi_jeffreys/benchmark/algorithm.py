@@ -119,7 +119,9 @@ def train_inference(
         method: registry name or :class:`~sbi_jeffreys.registry.MethodSpec`.
         seed: seeds the simulations and, re-applied after simulating, the training.
         device: training device (the prior is moved there with ``prior_on_device``).
-        train_kwargs: passed to ``inference.train`` (e.g. ``max_num_epochs``).
+        train_kwargs: passed to ``inference.train`` (e.g. ``max_num_epochs``); keys that the
+            method's ``train`` does not accept (e.g. JeffreysNPE's ``num_zeta_samples`` for NPE)
+            are not passed to it, so one dict can tune the dual without touching the baseline.
         simulations: ``(theta, x)`` already drawn with :func:`simulate` for this seed.
         **method_kwargs: passed to the inference class's constructor, after the registry's
             ``init_kwargs`` (e.g. ``density_estimator="nsf"``).
@@ -148,7 +150,8 @@ def train_inference(
     _sync(device)
     start = time.perf_counter()
     inference.append_simulations(theta, x)
-    inference.train(**dict(train_kwargs or {}))
+    accepted = {k: v for k, v in dict(train_kwargs or {}).items() if _accepts(cls.train, k)}
+    inference.train(**accepted)
     _sync(device)
     return inference, time.perf_counter() - start
 
