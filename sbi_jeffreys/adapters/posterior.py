@@ -88,10 +88,20 @@ class LangevinPosterior(NeuralPosterior):
         x = self._x_else_default_x(x)
         x = torch.as_tensor(x, dtype=torch.float32, device=self._device)
         x = x.reshape(1, -1) if x.ndim == 1 else x
-        expected = self.energy.standardize_context.mean.shape[0]
-        if x.ndim != 2 or x.shape[1] != expected:
+        expected = self._condition_features()
+        if x.ndim != 2 or (expected is not None and x.shape[1] != expected):
             raise ValueError(f"x must have shape (batch, {expected}) or ({expected},), got {tuple(x.shape)}.")
         return x
+
+    def _condition_features(self) -> int | None:
+        """Number of features of x: from the flow's ``condition_shape`` (sbi estimators), else
+        from the FiLM EBM's z-scoring; ``None`` (unchecked) for other energies and flows."""
+        shape = getattr(self.flow, "condition_shape", None)
+        if shape is not None and len(shape) == 1:
+            return int(shape[0])
+        standardize = getattr(self.energy, "standardize_context", None)
+        mean = getattr(standardize, "mean", None)
+        return int(mean.shape[0]) if isinstance(mean, Tensor) else None
 
     def _init(self, n: int, x: Tensor) -> Tensor:
         """Flow samples ``(n, B, d)``, resampled until inside the prior's support."""

@@ -251,6 +251,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if sample_with == "flow":
             self._posterior = DirectPosterior(deepcopy(flow).eval(), prior, device=self._device, **kwargs)
         elif sample_with == "langevin":
+            if self._energy_net is None:
+                raise RuntimeError("No energy model trained: call .train() before .build_posterior(sample_with='langevin').")
             self._posterior = LangevinPosterior(deepcopy(flow), deepcopy(self._energy_net), prior, num_steps=num_steps,
                                                 step_size=step_size, method=langevin_method,
                                                 num_zeta_samples=num_zeta_samples, device=self._device)
@@ -267,7 +269,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             raise RuntimeError("Nothing to save: call .train() first.")
         theta, x, _ = self.get_simulations(0)
         state = {"theta": theta.cpu(), "x": x.cpu(), "train_indices": self.train_indices, "val_indices": self.val_indices,
-                 "trainer": self._trainer.state_dict(), "summary": {k: list(v) for k, v in self._summary.items()}}
+                 "trainer": self._trainer.state_dict(), "summary": {k: list(v) for k, v in self._summary.items()},
+                 "num_excluded": getattr(self, "_num_excluded", 0)}
         torch.save(state, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
 
@@ -290,6 +293,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             self._neural_net.load_state_dict(self._trainer.best["flow"])
             self._energy_net.load_state_dict(self._trainer.best["energy"])
         self._summary = state["summary"]
+        self._num_excluded = int(state.get("num_excluded", 0))  # the saved x are the valid ones only
         return self
 
 
