@@ -73,6 +73,13 @@ def _accepts(fn, name: str) -> bool:
     return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def _train_kwargs_for(cls, train_kwargs: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    from sbi_jeffreys.adapters.sbi import JeffreysNPE
+
+    dual_only = set(inspect.signature(JeffreysNPE.train).parameters) - set(inspect.signature(cls.train).parameters)
+    return {k: v for k, v in dict(train_kwargs or {}).items() if k not in dual_only}
+
+
 def _sync(device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
@@ -119,9 +126,9 @@ def train_inference(
         method: registry name or :class:`~sbi_jeffreys.registry.MethodSpec`.
         seed: seeds the simulations and, re-applied after simulating, the training.
         device: training device (the prior is moved there with ``prior_on_device``).
-        train_kwargs: passed to ``inference.train`` (e.g. ``max_num_epochs``); keys that the
-            method's ``train`` does not accept (e.g. JeffreysNPE's ``num_zeta_samples`` for NPE)
-            are not passed to it, so one dict can tune the dual without touching the baseline.
+        train_kwargs: passed to ``inference.train`` (e.g. ``max_num_epochs``); JeffreysNPE's own
+            options (e.g. ``num_zeta_samples``) are not passed to methods that lack them, so one
+            dict tunes the dual without touching the baseline; any other unknown key still fails.
         simulations: ``(theta, x)`` already drawn with :func:`simulate` for this seed.
         **method_kwargs: passed to the inference class's constructor, after the registry's
             ``init_kwargs`` (e.g. ``density_estimator="nsf"``).
@@ -150,8 +157,7 @@ def train_inference(
     _sync(device)
     start = time.perf_counter()
     inference.append_simulations(theta, x)
-    accepted = {k: v for k, v in dict(train_kwargs or {}).items() if _accepts(cls.train, k)}
-    inference.train(**accepted)
+    inference.train(**_train_kwargs_for(cls, train_kwargs))
     _sync(device)
     return inference, time.perf_counter() - start
 
