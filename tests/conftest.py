@@ -3,8 +3,7 @@
 The models in the test suite are tiny; on the shared 2-core machine torch's default of one
 intra-op thread per core spin-waits and runs them ~20x slower than a single thread. So the
 whole session runs torch with one thread, set at import (before any test module is
-collected). The module-scoped ``_one_thread`` fixtures of individual test files stay
-compatible: they read the current count (1) and restore it afterwards.
+collected).
 """
 
 from __future__ import annotations

@@ -41,15 +41,6 @@ needs_jeffreys = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Trainings in this process use one thread, as the sweep's units do by default: on a
-    loaded 2-core machine torch's default (one thread per core) spin-waits and runs these
-    tiny trainings up to 90x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny_train(method: str) -> dict:

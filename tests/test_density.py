@@ -23,13 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(flow_transforms=2, flow_hidden=(32, 32), energy_width=32, energy_blocks=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: one thread is faster than two on a shared 2-core machine
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")

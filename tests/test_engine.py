@@ -13,13 +13,6 @@ from sbi_jeffreys.nets import ResidualEnergy, UnconditionalFlow, build_nsf
 from sbi_jeffreys.objective import DualState
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only cost time (and thrash on a loaded 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_models(seed: int, transforms: int = 2, hidden: int = 16):

@@ -24,13 +24,6 @@ from sbi_jeffreys.objective.lagrangian import constraint_values
 LAM = torch.tensor([0.7, 0.3, 0.5, 0.2, 0.1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: intra-op threads only cost time (and thrash on a loaded 2-core machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _grads(out, params):
