@@ -152,7 +152,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
     ) -> nn.Module:
         r"""Train :math:`p_\theta` and :math:`q_\psi` by GDA (Algorithm 3) and return the flow.
 
-        sbi's arguments mean what they mean for ``NPE`` (``learning_rate`` is the flow's).
+        sbi's arguments mean what they mean for ``NPE`` (``learning_rate`` is the flow's;
+        with ``resume_training=True``, ``max_num_epochs`` counts the epochs added by this call).
         Early stopping watches the flow's validation NLL, :math:`-\frac1{N_v}\sum\log p_\theta(\theta_i\mid x_i)`:
         it is what ``posterior.sample`` draws from, is comparable across epochs while the
         multipliers move (the Lagrangian is not), and equals NPE's validation loss, so both
