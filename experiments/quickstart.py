@@ -75,8 +75,8 @@ def main() -> None:
             else:
                 ax.axis("off")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{a.task}, {a.num_simulations} simulations, observation {a.observation}: "
-                 f"C2ST NPE {results['npe']['c2st']:.3f}, JeffreysNPE {results['jeffreys_npe']['c2st']:.3f}")
+    fig.suptitle(f"{a.task}, {a.num_simulations} simulations, observation {a.observation}\n"
+                 f"C2ST: NPE {results['npe']['c2st']:.3f}, JeffreysNPE {results['jeffreys_npe']['c2st']:.3f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(a.out, "posteriors.png"), dpi=120)
     with open(os.path.join(a.out, "results.json"), "w") as f:
