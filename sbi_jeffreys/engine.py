@@ -127,10 +127,11 @@ class JeffreysTrainer:
         self._zeta_cache: tuple[Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------------ one step
-    def terms(self, inputs: Tensor, context: Tensor | None = None) -> Terms:
-        """Evaluate every quantity of eq. 11 for one batch (Algorithm 3, lines 3-7)."""
+    def terms(self, inputs: Tensor, context: Tensor | None = None, reparameterized: bool | None = None) -> Terms:
+        """Evaluate every quantity of eq. 11 for one batch (Algorithm 3, lines 3-7);
+        ``reparameterized`` overrides the configured estimator (evaluation needs no rsample)."""
         cfg = self.config
-        reparam = cfg.gradient_estimator == "reparameterized"
+        reparam = cfg.gradient_estimator == "reparameterized" if reparameterized is None else reparameterized
         cached = context is None and cfg.zeta_every > 1
         if cfg.num_rv_samples is None and not cached:
             # one draw of M samples per condition serves both log zeta (eq. 12) and the reverse KL
@@ -201,18 +202,10 @@ class JeffreysTrainer:
         for i in range(0, n, batch_size):
             x = inputs[i : i + batch_size]
             c = None if context is None else context[i : i + batch_size]
-            t = self.terms(x, c) if self.config.gradient_estimator == "score" else self._eval_terms(x, c)
+            t = self.terms(x, c, reparameterized=False)
             for key, v in constraint_values(t, self.config.kl_weight).items():
                 sums[key] = sums.get(key, 0.0) + float(v) * x.shape[0] / n
         return {f"val_{k}": v for k, v in sums.items()}
-
-    def _eval_terms(self, x: Tensor, c: Tensor | None) -> Terms:
-        cfg = self.config
-        saved, cfg.gradient_estimator = cfg.gradient_estimator, "score"
-        try:
-            return self.terms(x, c)
-        finally:
-            cfg.gradient_estimator = saved
 
     # ------------------------------------------------------------------ the loop
     def fit(
