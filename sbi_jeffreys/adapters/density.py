@@ -23,7 +23,7 @@ import time
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, check_data, warm_start_energy
 from sbi_jeffreys.nets import ResidualEnergy, UnconditionalFlow, build_nsf

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import time
 from copy import deepcopy
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any, Callable, Literal
 
 import torch
 from sbi.inference.posteriors.direct_posterior import DirectPosterior
 from sbi.inference.trainers.npe.npe_base import PosteriorEstimatorTrainer
-from sbi.neural_nets import posterior_nn
 from sbi.utils import within_support
 from torch import Tensor, nn
 from torch.distributions import Distribution
