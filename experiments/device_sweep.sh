@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# The GPU-machine run behind the README's SBI numbers: NPE trains on CPU cores (where sbi's
-# small flows are fastest), JeffreysNPE on the GPU (Langevin sampling needs it), side by side,
-# then everything is merged into one results folder.
-#   bash experiments/device_sweep.sh OUT BUDGET LIMIT_S JEFFREYS_TRAIN_KWARGS [OBSERVATIONS...]
+# The one run behind the README's SBI table (issues 3 and 4), on a host with many CPU cores
+# and one or more GPUs: every training runs single-threaded on a CPU core (where these small
+# networks are fastest), JeffreysNPE's posteriors sample on the GPUs (Langevin chains of all
+# ten observations in one batch), C2STs are scored in parallel, then everything is merged.
+#   bash experiments/device_sweep.sh OUT LIMIT_S [GPU...]
+# NPE always trains with sbi's defaults. JeffreysNPE uses its defaults at 10^3 and
+# batch 1000 with at most 150 epochs at 10^4 (the cap keeps a 10^4 training near 15 min).
 set -u
-out=$1; budget=$2; limit=$3; jkw=$4; shift 4
-obs=${*:-1 2 3 4 5 6 7 8 9 10}
+out=$1; limit=$2; shift 2
+gpus=(${*:-cuda:0})
 mkdir -p "$out"
-nvidia-cuda-mps-control -d >/dev/null 2>&1 || true
-common=(--budgets "$budget" --observations $obs --no-progress)
-timeout "$limit" python3 experiments/sbi_sweep.py --tasks two_moons gaussian_mixture --seeds 0 1 2 \
-  --methods npe --device cpu --jobs 6 --out "$out/npe" "${common[@]}" > "$out/npe.log" 2>&1 &
-timeout "$limit" python3 experiments/sbi_sweep.py --tasks two_moons gaussian_mixture --seeds 0 1 2 \
-  --methods jeffreys_npe jeffreys_npe_langevin --device cuda --jobs 6 --train-kwargs "$jkw" \
-  --out "$out/jeffreys" "${common[@]}" > "$out/jeffreys.log" 2>&1 &
-timeout "$limit" python3 experiments/sbi_sweep.py --tasks slcp gaussian_linear_uniform --seeds 0 \
-  --methods npe jeffreys_npe jeffreys_npe_langevin --device cuda --jobs 2 --train-kwargs "$jkw" \
-  --out "$out/extra" "${common[@]}" > "$out/extra.log" 2>&1 &
+j10k="{\"training_batch_size\":1000,\"max_num_epochs\":${J10K_EPOCHS:-150}}"
+sweep() {  # NAME ARGS...: one sweep into $out/NAME, logged to $out/NAME.log
+  local name=$1; shift
+  timeout "$limit" python3 experiments/sbi_sweep.py --device cpu --sample-devices "${gpus[@]}" \
+    --c2st-jobs 3 --no-progress --out "$out/$name" "$@" > "$out/$name.log" 2>&1 &
+}
+main=(--tasks two_moons gaussian_mixture --seeds 0 1 2)
+extra=(--tasks slcp gaussian_linear_uniform --seeds 0)
+sweep j10k "${main[@]}" --budgets 10000 --methods jeffreys_npe jeffreys_npe_langevin --jobs 6 --train-kwargs "$j10k"
+sweep j10k_extra "${extra[@]}" --budgets 10000 --methods jeffreys_npe jeffreys_npe_langevin --jobs 2 --train-kwargs "$j10k"
+sweep j1k "${main[@]}" --budgets 1000 --methods jeffreys_npe jeffreys_npe_langevin --jobs 6
+sweep j1k_extra "${extra[@]}" --budgets 1000 --methods jeffreys_npe jeffreys_npe_langevin --jobs 2
+sweep npe "${main[@]}" --budgets 1000 10000 --methods npe --jobs 6
+sweep npe_extra "${extra[@]}" --budgets 1000 10000 --methods npe --jobs 2
 wait
-python3 experiments/merge_sweeps.py --out "$out/merged" "$out/npe" "$out/jeffreys" "$out/extra" > "$out/merged.log" 2>&1
-tail -n 30 "$out"/*.log
+python3 experiments/merge_sweeps.py --out "$out/merged" "$out"/j10k "$out"/j10k_extra "$out"/j1k \
+  "$out"/j1k_extra "$out"/npe "$out"/npe_extra > "$out/merged.log" 2>&1
+tail -n 5 "$out"/*.log

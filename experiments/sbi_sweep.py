@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="training device (default: cpu)")
     p.add_argument("--devices", nargs="+", metavar="DEV",
                    help="several devices, assigned round-robin to trainings (overrides --device)")
+    p.add_argument("--sample-devices", nargs="+", metavar="DEV",
+                   help="where JeffreysNPE posteriors sample, round-robin over trainings "
+                        "(e.g. train on --device cpu, run Langevin on cuda:0 cuda:1; "
+                        "default: the training device)")
+    p.add_argument("--c2st-jobs", type=int, default=1, metavar="J",
+                   help="processes scoring one training's C2STs in parallel (default: 1)")
     p.add_argument("--jobs", type=int, default=1,
                    help="parallel trainings: joblib processes, or LocalCluster workers (default: 1)")
     p.add_argument("--backend", choices=("local", "dask"), default="local",
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         scheduler=args.scheduler,
         torch_threads=args.torch_threads,
+        sample_devices=args.sample_devices,
+        c2st_jobs=args.c2st_jobs,
         progress=not args.no_progress,
     )
     print(

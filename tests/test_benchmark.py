@@ -223,6 +223,45 @@ def test_tiny_sweep_writes_results_summary_and_figure(tmp_path):
                   num_samples=200, c2st="sbibm", train_kwargs=TINY_TRAIN, progress=False)
 
 
+class _EchoPosterior:
+    """``sample_batched`` returns, for condition b, samples equal to ``x[b]``."""
+
+    _device = "cpu"
+
+    def sample_batched(self, sample_shape, x, max_sampling_batch_size=10_000):
+        self.max_sampling_batch_size = max_sampling_batch_size
+        return x.expand(*sample_shape, *x.shape).clone()
+
+
+def test_batched_sampling_keeps_each_observation_with_its_samples():
+    from sbi_jeffreys.benchmark.algorithm import sample_posterior_batched
+
+    posterior, xs = _EchoPosterior(), torch.arange(6.0).reshape(3, 2)
+    samples, seconds = sample_posterior_batched(posterior, xs, 4)
+    assert len(samples) == 3 and seconds >= 0
+    for b in range(3):
+        assert samples[b].shape == (4, 2) and (samples[b] == xs[b]).all()
+    assert posterior.max_sampling_batch_size == 12  # every chain in one batch
+
+
+@needs_jeffreys
+def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(tmp_path):
+    report = run_sweep(
+        ["two_moons"], [200], [0], [1, 2], ["jeffreys_npe", "jeffreys_npe_langevin"], tmp_path,
+        num_samples=100, c2st="paper", train_kwargs=_tiny_train("jeffreys"), progress=False,
+        sample_devices=["cpu"], c2st_jobs=2,
+    )
+    assert report.failures == [] and report.units_run == 1 and report.rows_written == 4
+    rows = _rows(tmp_path / "results.csv")
+    assert sorted((r["method"], r["observation"]) for r in rows) == [
+        ("jeffreys_npe", "1"), ("jeffreys_npe", "2"),
+        ("jeffreys_npe_langevin", "1"), ("jeffreys_npe_langevin", "2")]
+    assert len({r["train_seconds"] for r in rows}) <= 2  # one training (plus each build)
+    assert all(0.0 <= float(r["c2st"]) <= 1.0 and r["device"] == "cpu" for r in rows)
+    langevin = [float(r["sample_seconds"]) for r in rows if r["method"] == "jeffreys_npe_langevin"]
+    assert langevin[0] == langevin[1] > 0  # one batch for both observations, time shared out
+
+
 def test_failed_training_is_reported_and_writes_no_row(tmp_path):
     report = run_sweep(["two_moons"], [200], [0], [1], ["npe"], tmp_path, num_samples=50,
                        train_kwargs={"not_an_option": 1}, progress=False)

@@ -456,6 +456,12 @@ def test_langevin_recovers_known_gaussian(method, num_steps, step_size):
         s = samples[:, i]
         assert torch.allclose(s.mean(0), gaussian_mean(GAUSS_X[i]), atol=0.06), (i, s.mean(0))
         assert torch.allclose(s.T.cov(), SIGMA, atol=0.08), (i, s.T.cov())
+    if method == "mala":  # the same targets when the chains run in chunks of 1,000
+        chunked = posterior.sample_batched((4000,), x=GAUSS_X, max_sampling_batch_size=1000, show_progress_bars=False)
+        assert chunked.shape == (4000, 2, D)
+        for i in range(GAUSS_X.shape[0]):
+            assert torch.allclose(chunked[:, i].mean(0), gaussian_mean(GAUSS_X[i]), atol=0.06)
+            assert torch.allclose(chunked[:, i].T.cov(), SIGMA, atol=0.08)
     # sample() of one condition targets that condition
     one = posterior.sample((4000,), x=GAUSS_X[1], show_progress_bars=False)
     assert torch.allclose(one.mean(0), gaussian_mean(GAUSS_X[1]), atol=0.06)

@@ -139,10 +139,14 @@ class LangevinPosterior(NeuralPosterior):
         return samples[:, 0].reshape(*shape, -1)
 
     def sample_batched(self, sample_shape, x: Tensor, max_sampling_batch_size: int = 10_000, show_progress_bars: bool = True) -> Tensor:
-        """Samples of shape ``(*sample_shape, B, d)``; all chains and conditions run in one batch."""
+        """Samples of shape ``(*sample_shape, B, d)``: the chains of all ``B`` conditions run
+        together, at most ``max_sampling_batch_size`` chains at a time (raise it on a GPU)."""
         x = self._condition(x)
         shape = torch.Size(sample_shape)
-        samples = self._run(self._init(shape.numel(), x), x, show_progress_bars)
+        n = shape.numel()
+        per_run = max(1, int(max_sampling_batch_size) // x.shape[0])
+        chunks = [self._run(self._init(min(per_run, n - i), x), x, show_progress_bars) for i in range(0, n, per_run)]
+        samples = torch.cat(chunks or [self._init(0, x)])
         return samples.reshape(*shape, x.shape[0], -1)
 
     @torch.no_grad()

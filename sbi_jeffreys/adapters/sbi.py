@@ -240,22 +240,28 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
     # ------------------------------------------------------------------ posteriors
     def build_posterior(self, density_estimator: nn.Module | None = None, prior: Distribution | None = None,
                         sample_with: Literal["flow", "langevin"] = "flow", langevin_method: Literal["ula", "mala"] = "ula",
-                        num_steps: int = 2000, step_size: float = 1e-4, num_zeta_samples: int = 1000, **kwargs):
+                        num_steps: int = 2000, step_size: float = 1e-4, num_zeta_samples: int = 1000,
+                        device: str | torch.device | None = None, **kwargs):
         r"""``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
         prior's support, leakage-corrected ``log_prob``). ``"langevin"``: :class:`LangevinPosterior`
-        on :math:`q_\psi` (D.4: 2,000 steps of 1e-4, initialised from :math:`p_\theta`)."""
+        on :math:`q_\psi` (D.4: 2,000 steps of 1e-4, initialised from :math:`p_\theta`).
+
+        ``device`` puts the posterior's copies of the networks on another device than the one
+        trained on (e.g. train on CPU cores, run Langevin chains on a GPU); pass a ``prior``
+        that lives on that device too."""
         if self._neural_net is None and density_estimator is None:
             raise RuntimeError("Nothing trained yet: call .train() before .build_posterior().")
         prior = prior if prior is not None else self._prior
-        flow = density_estimator if density_estimator is not None else self._neural_net
+        device = str(torch.device(device)) if device is not None else self._device
+        flow = deepcopy(density_estimator if density_estimator is not None else self._neural_net).to(device)
         if sample_with == "flow":
-            self._posterior = DirectPosterior(deepcopy(flow).eval(), prior, device=self._device, **kwargs)
+            self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
         elif sample_with == "langevin":
             if self._energy_net is None:
                 raise RuntimeError("No energy model trained: call .train() before .build_posterior(sample_with='langevin').")
-            self._posterior = LangevinPosterior(deepcopy(flow), deepcopy(self._energy_net), prior, num_steps=num_steps,
+            self._posterior = LangevinPosterior(flow, deepcopy(self._energy_net).to(device), prior, num_steps=num_steps,
                                                 step_size=step_size, method=langevin_method,
-                                                num_zeta_samples=num_zeta_samples, device=self._device)
+                                                num_zeta_samples=num_zeta_samples, device=device)
         else:
             raise ValueError(f"sample_with must be 'flow' or 'langevin', got {sample_with!r}.")
         return self._posterior

@@ -35,6 +35,7 @@ __all__ = [
     "build_posterior",
     "train_amortized",
     "sample_posterior",
+    "sample_posterior_batched",
     "run_method",
 ]
 
@@ -162,9 +163,17 @@ def train_inference(
     return inference, time.perf_counter() - start
 
 
-def build_posterior(inference, method: str | MethodSpec = "npe"):
-    """``inference.build_posterior(**spec.posterior_kwargs)`` for the registered method."""
-    return inference.build_posterior(**dict(_resolve_method(method).posterior_kwargs))
+def build_posterior(inference, method: str | MethodSpec = "npe", task=None, device: Optional[str] = None):
+    """``inference.build_posterior(**spec.posterior_kwargs)`` for the registered method.
+
+    With ``device`` (and the ``task``, whose prior is moved there) the posterior samples on
+    that device when the method's ``build_posterior`` takes a ``device`` (JeffreysNPE: train on
+    CPU cores, run Langevin chains on a GPU); other methods sample where they trained.
+    """
+    kwargs = dict(_resolve_method(method).posterior_kwargs)
+    if device is not None and "device" in inspect.signature(inference.build_posterior).parameters:
+        kwargs.update(device=device, prior=prior_on_device(_resolve_task(task), device))
+    return inference.build_posterior(**kwargs)
 
 
 def train_amortized(
@@ -209,6 +218,27 @@ def sample_posterior(posterior, x_o: torch.Tensor, num_samples: int) -> tuple[to
     seconds = time.perf_counter() - start
     samples = samples.detach().to("cpu", torch.float32).reshape(int(num_samples), -1)
     return samples, seconds
+
+
+def sample_posterior_batched(posterior, xs: torch.Tensor, num_samples: int) -> tuple[list[torch.Tensor], float]:
+    """Draw ``num_samples`` at each of the ``B`` observations ``xs`` (shape ``(B, dim_data)``)
+    in one ``posterior.sample_batched`` call (Langevin chains of all observations run together).
+
+    Returns:
+        ``(samples, seconds)``: a list of ``B`` CPU tensors ``(num_samples, dim_parameters)``
+        and the wall-clock time of the whole batch.
+    """
+    kwargs: dict[str, Any] = {"x": xs, "max_sampling_batch_size": int(num_samples) * xs.shape[0]}
+    if _accepts(posterior.sample_batched, "show_progress_bars"):
+        kwargs["show_progress_bars"] = False
+    device = getattr(posterior, "_device", "cpu")
+    _sync(device)
+    start = time.perf_counter()
+    samples = posterior.sample_batched((int(num_samples),), **kwargs)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    samples = samples.detach().to("cpu", torch.float32)
+    return [samples[:, b].reshape(int(num_samples), -1) for b in range(xs.shape[0])], seconds
 
 
 def run_method(

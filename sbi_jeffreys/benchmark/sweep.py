@@ -210,6 +210,8 @@ class Unit:
     train_kwargs: Mapping[str, Any] = field(default_factory=dict)
     method_kwargs: Mapping[str, Any] = field(default_factory=dict)
     torch_threads: Optional[int] = 1
+    sample_device: Optional[str] = None
+    c2st_jobs: int = 1
 
     def keys(self) -> list[Key]:
         return [
@@ -258,12 +260,15 @@ def plan_units(
     train_kwargs: Optional[Mapping[str, Any]] = None,
     method_kwargs: Optional[Mapping[str, Any]] = None,
     torch_threads: Optional[int] = 1,
+    sample_devices: Optional[Sequence[str]] = None,
+    c2st_jobs: int = 1,
 ) -> tuple[list[Unit], int]:
     """Validate the grid and return ``(units still to run, number of units skipped)``.
 
     Methods with the same ``training_key`` share a unit. A unit keeps only the methods and
     observations that have at least one missing cell; units with none are skipped. Devices
-    are assigned round-robin over the units to run.
+    (and ``sample_devices``, where posteriors are sampled if the method can move them) are
+    assigned round-robin over the units to run.
 
     Raises:
         ValueError: unknown task, method or C2ST variant (listing the valid names), empty
@@ -319,6 +324,9 @@ def plan_units(
                             train_kwargs=dict(train_kwargs or {}),
                             method_kwargs=dict(method_kwargs or {}),
                             torch_threads=torch_threads,
+                            sample_device=(str(sample_devices[len(todo) % len(sample_devices)])
+                                           if sample_devices else None),
+                            c2st_jobs=int(c2st_jobs),
                         )
                     )
     return todo, skipped
@@ -342,9 +350,9 @@ def run_unit(unit: Unit) -> UnitResult:
 
 
 def _run_unit(unit: Unit) -> UnitResult:
+    from sbi_jeffreys.adapters.posterior import LangevinPosterior
     from sbi_jeffreys.benchmark import algorithm
 
-    rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     try:
         task = get_task(unit.task)
@@ -357,49 +365,82 @@ def _run_unit(unit: Unit) -> UnitResult:
         )
     except Exception:
         return UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
-    metric = get_c2st(unit.c2st)
-    host = socket.gethostname() or platform.node()
+    # 1) sample every (method, observation); 2) score them all, in parallel if asked
+    drawn: list[tuple[dict[str, Any], Any]] = []
     for method in unit.methods:
         try:
             start = time.perf_counter()
-            posterior = algorithm.build_posterior(inference, method)
+            posterior = algorithm.build_posterior(inference, method, task, unit.sample_device)
             build_seconds = time.perf_counter() - start
-            method_rows = []
-            for obs in unit.observations:
-                x_o = task.get_observation(num_observation=obs).to(unit.device)
-                algorithm.seed_everything(unit.seed * 100_003 + obs)
-                samples, sample_seconds = algorithm.sample_posterior(
-                    posterior, x_o, unit.num_samples
-                )
-                reference = task.get_reference_posterior_samples(num_observation=obs)
-                reference = reference[: unit.num_samples]
-                start = time.perf_counter()
-                score = metric(reference, samples, **({"seed": unit.seed} if unit.c2st == "paper" else {}))
-                c2st_seconds = time.perf_counter() - start
-                method_rows.append(
-                    {
-                        "task": unit.task,
-                        "num_simulations": unit.num_simulations,
-                        "seed": unit.seed,
-                        "observation": obs,
-                        "method": method,
-                        "c2st": score,
-                        "c2st_kind": unit.c2st,
-                        "num_samples": unit.num_samples,
-                        "num_simulations_used": int(simulations[0].shape[0]),
-                        "train_seconds": train_seconds + build_seconds,
-                        "sample_seconds": sample_seconds,
-                        "c2st_seconds": c2st_seconds,
-                        "simulate_seconds": simulate_seconds,
-                        "device": unit.device,
-                        "host": host,
-                        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    }
-                )
-            rows.extend(method_rows)
+            device = str(getattr(posterior, "_device", unit.device))
+            xs = [task.get_observation(num_observation=o).to(device) for o in unit.observations]
+            if isinstance(posterior, LangevinPosterior) and len(xs) > 1:
+                # all observations' chains in one batch; the time is shared out evenly
+                algorithm.seed_everything(unit.seed * 100_003)
+                batch, seconds = algorithm.sample_posterior_batched(posterior, _stack_observations(xs), unit.num_samples)
+                per_obs = [(samples, seconds / len(xs)) for samples in batch]
+            else:
+                per_obs = []
+                for obs, x_o in zip(unit.observations, xs):
+                    algorithm.seed_everything(unit.seed * 100_003 + obs)
+                    per_obs.append(algorithm.sample_posterior(posterior, x_o, unit.num_samples))
+            for obs, (samples, sample_seconds) in zip(unit.observations, per_obs):
+                row = {
+                    "task": unit.task,
+                    "num_simulations": unit.num_simulations,
+                    "seed": unit.seed,
+                    "observation": obs,
+                    "method": method,
+                    "c2st_kind": unit.c2st,
+                    "num_samples": unit.num_samples,
+                    "num_simulations_used": int(simulations[0].shape[0]),
+                    "train_seconds": train_seconds + build_seconds,
+                    "sample_seconds": sample_seconds,
+                    "simulate_seconds": simulate_seconds,
+                    "device": unit.device if device == unit.device else f"{unit.device}+{device}",
+                    "host": socket.gethostname() or platform.node(),
+                }
+                drawn.append((row, samples))
         except Exception:
             errors[method] = traceback.format_exc()
-    return UnitResult(unit, rows, errors)
+    jobs = [(unit.task, row["observation"], unit.num_samples, unit.c2st, unit.seed, samples) for row, samples in drawn]
+    if unit.c2st_jobs > 1 and len(jobs) > 1:
+        from joblib import Parallel, delayed
+
+        scores = Parallel(n_jobs=unit.c2st_jobs, backend="loky")(delayed(_score)(*job) for job in jobs)
+    else:
+        scores = [_score(*job) for job in jobs]
+    rows = []
+    for (row, _), (score, seconds, error) in zip(drawn, scores):
+        if error is not None:
+            errors[row["method"]] = error
+            continue
+        row.update(c2st=score, c2st_seconds=seconds,
+                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        rows.append(row)
+    failed = set(errors)
+    return UnitResult(unit, [r for r in rows if r["method"] not in failed], errors)
+
+
+def _stack_observations(xs):
+    import torch
+
+    return torch.cat([x.reshape(1, -1) for x in xs])
+
+
+def _score(task_name: str, observation: int, num_samples: int, c2st: str, seed: int, samples):
+    """C2ST of ``samples`` against the observation's reference: ``(score, seconds, traceback)``."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        reference = get_task(task_name).get_reference_posterior_samples(num_observation=observation)
+        start = time.perf_counter()
+        # one BLAS thread: parallel scorers with a thread per core each oversubscribe the host
+        with threadpool_limits(limits=1):
+            score = get_c2st(c2st)(reference[:num_samples], samples, **({"seed": seed} if c2st == "paper" else {}))
+        return score, time.perf_counter() - start, None
+    except Exception:
+        return math.nan, 0.0, traceback.format_exc()
 
 
 # --------------------------------------------------------------------------- execution
@@ -467,6 +508,8 @@ def run_sweep(
     backend: str = "local",
     scheduler: Optional[str] = None,
     torch_threads: Optional[int] = 1,
+    sample_devices: Optional[Sequence[str]] = None,
+    c2st_jobs: int = 1,
     progress: bool = True,
     summarize: bool = True,
 ) -> SweepReport:
@@ -488,6 +531,11 @@ def run_sweep(
             1 suits these small networks: on a loaded 2-core machine torch's default of one
             thread per core made a 20-epoch NPE training 90x slower (206 s vs 2.4 s) through
             OpenMP spin-waiting, and trainings on GPUs do not need CPU threads.
+        sample_devices: where JeffreysNPE posteriors sample (round-robin over units); ``None``
+            samples on the training device. Training on CPU cores and running Langevin chains
+            on a GPU is the fastest split for these small networks.
+        c2st_jobs: processes scoring one unit's C2STs in parallel (each unit scores
+            observations x methods C2STs, tens of seconds each).
         progress: show a tqdm bar over units.
         summarize: write ``summary.csv`` and the figure at the end.
     """
@@ -503,6 +551,7 @@ def run_sweep(
         tasks, budgets, seeds, observations, methods,
         finished=store.finished(), devices=devices, num_samples=num_samples, c2st=c2st,
         train_kwargs=train_kwargs, method_kwargs=method_kwargs, torch_threads=torch_threads,
+        sample_devices=sample_devices, c2st_jobs=c2st_jobs,
     )
     _check_config(out, {
         "num_samples": int(num_samples),
