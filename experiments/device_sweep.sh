@@ -5,7 +5,8 @@
 # ten observations in one batch), C2STs are scored in parallel, then everything is merged.
 #   bash experiments/device_sweep.sh OUT LIMIT_S [GPU...]
 # NPE always trains with sbi's defaults. JeffreysNPE uses its defaults at 10^3 and
-# batch 1000 with at most 150 epochs at 10^4 (the cap keeps a 10^4 training near 15 min).
+# batch 1000 with at most J10K_EPOCHS (default 150) epochs at 10^4 (near 15 min a training).
+# Plan LIMIT_S for the slowest cell: a 10^4 JeffreysNPE training plus 20 C2STs.
 set -u
 out=$1; limit=$2; shift 2
 gpus=(${*:-cuda:0})
