@@ -8,7 +8,8 @@ for one observation prints:
   - C2ST (the paper's variant, fast) of flow samples and of Langevin samples (ULA started at
     the flow samples, as in D.4) for several step sizes, with the samples' mean and sd.
 
-    python experiments/langevin_diagnostics.py --task two_moons --budget 1000 --seed 0
+    python experiments/langevin_diagnostics.py --task two_moons --budget 1000 --seed 0 --save run.pt
+    python experiments/langevin_diagnostics.py --load run.pt --method mala --step-sizes 1e-4 1e-3
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> None:
     p.add_argument("--chains", type=int, default=2000)
     p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-4, 1e-5, 1e-6])
     p.add_argument("--num-steps", type=int, default=2000)
+    p.add_argument("--method", choices=("ula", "mala"), default="ula",
+                   help="mala: Metropolis-adjusted, so the chains target q_psi without ULA's bias")
     p.add_argument("--load", type=Path, help="a file saved by JeffreysNPE.save (skips training)")
     p.add_argument("--save", type=Path, help="save the trained JeffreysNPE here")
     a = p.parse_args()
@@ -64,7 +67,7 @@ def main() -> None:
             inference.save(str(a.save))
     x = task.get_observation(num_observation=a.observation)
     reference = task.get_reference_posterior_samples(num_observation=a.observation)[: a.chains]
-    posterior = inference.build_posterior(sample_with="langevin")
+    posterior = inference.build_posterior(sample_with="langevin", langevin_method=a.method)
     energy = posterior.energy
     torch.manual_seed(a.seed)
     flow = posterior._init(a.chains, x)[:, 0]
@@ -80,7 +83,8 @@ def main() -> None:
         posterior.num_steps, posterior.step_size = a.num_steps, step
         torch.manual_seed(a.seed)
         s = posterior.sample((a.chains,), x=x, show_progress_bars=False)
-        print(f"Langevin {a.num_steps} x {step:g}: C2ST {c2st_paper(reference, s):.3f}, "
+        rate = "" if a.method == "ula" else f", acceptance {posterior.acceptance_rate.mean():.3f}"
+        print(f"{a.method.upper()} {a.num_steps} x {step:g}: C2ST {c2st_paper(reference, s):.3f}{rate}, "
               f"mean {s.mean(0).tolist()} sd {s.std(0).tolist()}")
 
 
