@@ -10,11 +10,13 @@ for one observation prints:
 
     python experiments/langevin_diagnostics.py --task two_moons --budget 1000 --seed 0 --save run.pt
     python experiments/langevin_diagnostics.py --load run.pt --method mala --step-sizes 1e-4 1e-3
+    python experiments/langevin_diagnostics.py --load run.pt --regress-steps 1500 --step-sizes 1e-4
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from sbi_jeffreys.adapters.sbi import JeffreysNPE  # noqa: E402
 from sbi_jeffreys.benchmark import algorithm  # noqa: E402
 from sbi_jeffreys.benchmark.c2st import c2st_paper  # noqa: E402
 from sbi_jeffreys.benchmark.tasks import get_task  # noqa: E402
+from sbi_jeffreys.engine import warm_start_energy  # noqa: E402
 from sbi_jeffreys.nets.ebm import energy_nn  # noqa: E402
 
 
@@ -49,6 +52,9 @@ def main() -> None:
     p.add_argument("--num-steps", type=int, default=2000)
     p.add_argument("--method", choices=("ula", "mala"), default="ula",
                    help="mala: Metropolis-adjusted, so the chains target q_psi without ULA's bias")
+    p.add_argument("--regress-steps", type=int, default=0,
+                   help="first regress f_psi onto log p_theta at x_o for this many Adam steps "
+                        "(B.8's warm start, one condition): can the EBM represent the posterior at all?")
     p.add_argument("--load", type=Path, help="a file saved by JeffreysNPE.save (skips training)")
     p.add_argument("--save", type=Path, help="save the trained JeffreysNPE here")
     a = p.parse_args()
@@ -69,6 +75,9 @@ def main() -> None:
     reference = task.get_reference_posterior_samples(num_observation=a.observation)[: a.chains]
     posterior = inference.build_posterior(sample_with="langevin", langevin_method=a.method)
     energy = posterior.energy
+    if a.regress_steps:
+        mse = warm_start_energy(posterior.flow, energy, itertools.repeat(x), steps=a.regress_steps, num_samples=512)
+        print(f"regressed f onto log p_theta at x_o for {a.regress_steps} steps: last MSE {mse:.3f}")
     torch.manual_seed(a.seed)
     flow = posterior._init(a.chains, x)[:, 0]
     with torch.no_grad():
