@@ -11,6 +11,8 @@ set -u
 out=$1; limit=$2; shift 2
 gpus=(${*:-cuda:0})
 mkdir -p "$out"
+# fail at once, not after the sweeps' first imports, if the packages are missing
+python3 -c "import sbi, sbibm, zuko, sbi_jeffreys" || { echo "sbi, sbibm, zuko or sbi_jeffreys missing" >&2; exit 1; }
 j10k="{\"training_batch_size\":1000,\"max_num_epochs\":${J10K_EPOCHS:-150}}"
 sweep() {  # NAME ARGS...: one sweep into $out/NAME, logged to $out/NAME.log
   local name=$1; shift
