@@ -200,6 +200,19 @@ def train_amortized(
     return posterior, seconds + time.perf_counter() - start
 
 
+def _timed(draw, posterior, shape: tuple[int, ...], **kwargs) -> tuple[torch.Tensor, float]:
+    """Call ``draw(shape, **kwargs)`` (a posterior's ``sample`` or ``sample_batched``) without a
+    progress bar, timed with device syncs; returns detached CPU float samples and seconds."""
+    if _accepts(draw, "show_progress_bars"):
+        kwargs["show_progress_bars"] = False
+    device = getattr(posterior, "_device", "cpu")
+    _sync(device)
+    start = time.perf_counter()
+    samples = draw(shape, **kwargs)
+    _sync(device)
+    return samples.detach().to("cpu", torch.float32), time.perf_counter() - start
+
+
 def sample_posterior(posterior, x_o: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, float]:
     """Draw ``num_samples`` from ``posterior`` at ``x_o``.
 
@@ -207,17 +220,8 @@ def sample_posterior(posterior, x_o: torch.Tensor, num_samples: int) -> tuple[to
         ``(samples, seconds)``: a CPU float tensor of shape ``(num_samples, dim_parameters)``
         and the wall-clock sampling time.
     """
-    kwargs: dict[str, Any] = {"x": x_o}
-    if _accepts(posterior.sample, "show_progress_bars"):
-        kwargs["show_progress_bars"] = False
-    device = getattr(posterior, "_device", "cpu")
-    _sync(device)
-    start = time.perf_counter()
-    samples = posterior.sample((int(num_samples),), **kwargs)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    samples = samples.detach().to("cpu", torch.float32).reshape(int(num_samples), -1)
-    return samples, seconds
+    samples, seconds = _timed(posterior.sample, posterior, (int(num_samples),), x=x_o)
+    return samples.reshape(int(num_samples), -1), seconds
 
 
 def sample_posterior_batched(posterior, xs: torch.Tensor, num_samples: int) -> tuple[list[torch.Tensor], float]:
@@ -228,17 +232,10 @@ def sample_posterior_batched(posterior, xs: torch.Tensor, num_samples: int) -> t
         ``(samples, seconds)``: a list of ``B`` CPU tensors ``(num_samples, dim_parameters)``
         and the wall-clock time of the whole batch.
     """
-    kwargs: dict[str, Any] = {"x": xs, "max_sampling_batch_size": int(num_samples) * xs.shape[0]}
-    if _accepts(posterior.sample_batched, "show_progress_bars"):
-        kwargs["show_progress_bars"] = False
-    device = getattr(posterior, "_device", "cpu")
-    _sync(device)
-    start = time.perf_counter()
-    samples = posterior.sample_batched((int(num_samples),), **kwargs)
-    _sync(device)
-    seconds = time.perf_counter() - start
-    samples = samples.detach().to("cpu", torch.float32)
-    return [samples[:, b].reshape(int(num_samples), -1) for b in range(xs.shape[0])], seconds
+    n = int(num_samples)
+    samples, seconds = _timed(posterior.sample_batched, posterior, (n,), x=xs,
+                              max_sampling_batch_size=n * xs.shape[0])
+    return [samples[:, b].reshape(n, -1) for b in range(xs.shape[0])], seconds
 
 
 def run_method(

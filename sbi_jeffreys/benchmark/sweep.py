@@ -350,6 +350,8 @@ def run_unit(unit: Unit) -> UnitResult:
 
 
 def _run_unit(unit: Unit) -> UnitResult:
+    import torch
+
     from sbi_jeffreys.adapters.posterior import LangevinPosterior
     from sbi_jeffreys.benchmark import algorithm
 
@@ -377,7 +379,8 @@ def _run_unit(unit: Unit) -> UnitResult:
             if isinstance(posterior, LangevinPosterior) and len(xs) > 1:
                 # all observations' chains in one batch; the time is shared out evenly
                 algorithm.seed_everything(unit.seed * 100_003)
-                batch, seconds = algorithm.sample_posterior_batched(posterior, _stack_observations(xs), unit.num_samples)
+                batch, seconds = algorithm.sample_posterior_batched(
+                    posterior, torch.cat([x.reshape(1, -1) for x in xs]), unit.num_samples)
                 per_obs = [(samples, seconds / len(xs)) for samples in batch]
             else:
                 per_obs = []
@@ -420,12 +423,6 @@ def _run_unit(unit: Unit) -> UnitResult:
         rows.append(row)
     failed = set(errors)
     return UnitResult(unit, [r for r in rows if r["method"] not in failed], errors)
-
-
-def _stack_observations(xs):
-    import torch
-
-    return torch.cat([x.reshape(1, -1) for x in xs])
 
 
 def _score(task_name: str, observation: int, num_samples: int, c2st: str, seed: int, samples):
