@@ -223,6 +223,29 @@ def test_tiny_sweep_writes_results_summary_and_figure(tmp_path):
                   num_samples=200, c2st="sbibm", train_kwargs=TINY_TRAIN, progress=False)
 
 
+def test_figure_gives_each_method_one_colour_in_every_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+    from sbi_jeffreys.benchmark.sweep import c2st_figure
+
+    # slcp has no JeffreysNPE cell at 10^3: its NPE line must still wear NPE's colour
+    summary = pd.DataFrame([
+        dict(task="two_moons", num_simulations=n, method=m, c2st_mean=0.7, c2st_sd=0.01)
+        for n in (1000, 10000) for m in ("jeffreys_npe", "npe")
+    ] + [dict(task="slcp", num_simulations=1000, method="npe", c2st_mean=0.9, c2st_sd=0.01),
+         dict(task="slcp", num_simulations=10000, method="jeffreys_npe", c2st_mean=0.8, c2st_sd=0.01)])
+    fig = c2st_figure(summary)
+    colours: dict[str, set] = {}
+    for ax in fig.axes:
+        for container in ax.containers:
+            colours.setdefault(container.get_label(), set()).add(container.lines[0].get_color())
+    assert set(colours) == {"jeffreys_npe", "npe"}
+    assert all(len(c) == 1 for c in colours.values())
+    assert colours["npe"] != colours["jeffreys_npe"]
+
+
 class _EchoPosterior:
     """``sample_batched`` returns, for condition b, samples equal to ``x[b]``."""
 

@@ -617,11 +617,37 @@ def write_summary(out: str | os.PathLike):
     return summary
 
 
+def c2st_figure(summary):
+    """The Fig. 6-style figure of a :func:`write_summary` table: one panel per task; x: simulation
+    budget (log scale); y: C2ST mean over seeds and observations with ± sd error bars; one
+    line per method, in the same colour in every panel; dashed line at chance (0.5)."""
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(summary["task"]))
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(summary["method"]))}
+    ncols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        part = summary[summary["task"] == task]
+        for method in dict.fromkeys(part["method"]):
+            rows = part[part["method"] == method].sort_values("num_simulations")
+            ax.errorbar(rows["num_simulations"], rows["c2st_mean"], yerr=rows["c2st_sd"].fillna(0.0),
+                        marker="o", capsize=3, label=method, color=colors[method])
+        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_ylim(0.45, 1.02)
+        ax.set(title=task, xlabel="number of simulations", ylabel="C2ST")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
 def plot_c2st_vs_budget(out: str | os.PathLike, summary=None) -> Path:
     """Draw ``c2st_vs_budget.png`` (Fig. 6 style) from ``results.csv`` and return its path.
 
-    One panel per task; x: simulation budget (log scale); y: C2ST mean over seeds and
-    observations with ± sd error bars; one line per method; dashed line at chance (0.5).
     ``summary`` is :func:`write_summary`'s table; by default it is recomputed (and rewritten).
     """
     import matplotlib
@@ -631,26 +657,7 @@ def plot_c2st_vs_budget(out: str | os.PathLike, summary=None) -> Path:
 
     if summary is None:
         summary = write_summary(out)
-    tasks = list(dict.fromkeys(summary["task"]))
-    ncols = min(3, len(tasks))
-    nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        part = summary[summary["task"] == task]
-        for method in dict.fromkeys(part["method"]):
-            rows = part[part["method"] == method].sort_values("num_simulations")
-            ax.errorbar(rows["num_simulations"], rows["c2st_mean"],
-                        yerr=rows["c2st_sd"].fillna(0.0), marker="o", capsize=3, label=method)
-        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_ylim(0.45, 1.02)
-        ax.set_title(task)
-        ax.set_xlabel("number of simulations")
-        ax.set_ylabel("C2ST")
-    for ax in list(axes.flat)[len(tasks):]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig = c2st_figure(summary)
     path = Path(out) / "c2st_vs_budget.png"
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
