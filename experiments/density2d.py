@@ -11,7 +11,7 @@ and writes into ``--out``:
 
 * ``results.csv``: one row per (dataset, seed, model) with the best and last test NLL of the
   curve, iterations, wall-clock seconds (training + evaluations), iterations per second
-  (training only) and the device;
+  (training only), the device and the mass of the final density on the plotted square;
 * ``curves.csv``: ``dataset, seed, model, iteration, test_nll``;
 * ``summary.csv`` / ``summary.md``: mean ± sd over seeds of best and last test NLL;
 * ``density_maps.png``: D.2's 64x64 maps (pixel value :math:`p(x)\,A`, A the pixel area,
@@ -231,6 +231,14 @@ def _load_finished(path: Path, settings: dict) -> dict | None:
     return job if job.get("settings") == json.loads(json.dumps(settings)) else None
 
 
+def map_mass(job: dict, model: str) -> float:
+    """Mass of a model's final density on the plotted square (midpoint rule on the 64x64 map).
+    Near 1 for a normalized density that lives in the square; for jeffreys_q it checks the
+    importance-sampling estimate of zeta (the q NLL shifts by log of this mass)."""
+    grid = job["maps"].get(model)
+    return float(np.sum(grid)) if grid is not None else math.nan
+
+
 def summarize(jobs: list[dict]) -> list[dict]:
     """Mean ± sd over seeds of best and last test NLL per dataset x model."""
     out = []
@@ -367,13 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     jobs = [done[(d, s)] for d in args.datasets for s in args.seeds]
-    rows = [r for j in jobs for r in j["rows"]]
+    rows = [dict(r, map_mass=map_mass(j, r["model"])) for j in jobs for r in j["rows"]]
     curves = [dict(dataset=j["dataset"], seed=j["seed"], model=m, iteration=i, test_nll=v)
               for j in jobs for m in MODELS for i, v in zip(j["curves"][m]["iteration"], j["curves"][m]["test_nll"])]
     summary = summarize(jobs)
     write_csv(out / "results.csv", rows, [
         "dataset", "seed", "model", "best_test_nll", "best_iteration", "last_test_nll", "iterations", "seconds",
-        "train_seconds", "iters_per_second", "device", "final_log_zeta", "status"])
+        "train_seconds", "iters_per_second", "device", "final_log_zeta", "map_mass", "status"])
     write_csv(out / "curves.csv", curves, ["dataset", "seed", "model", "iteration", "test_nll"])
     write_csv(out / "summary.csv", summary)
     md = summary_markdown(summary)
