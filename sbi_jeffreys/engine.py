@@ -129,44 +129,46 @@ class JeffreysTrainer:
     # ------------------------------------------------------------------ one step
     def terms(self, inputs: Tensor, context: Tensor | None = None, reparameterized: bool | None = None) -> Terms:
         """Evaluate every quantity of eq. 11 for one batch (Algorithm 3, lines 3-7);
-        ``reparameterized`` overrides the configured estimator (evaluation needs no rsample)."""
-        cfg = self.config
+        ``reparameterized`` overrides the configured estimator (evaluation needs no rsample).
+        Data and samples go through each network in one call (:func:`_joint`)."""
+        cfg, flow, energy = self.config, self.flow, self.energy
         reparam = cfg.gradient_estimator == "reparameterized" if reparameterized is None else reparameterized
         cached = context is None and cfg.zeta_every > 1
+        x = inputs.unsqueeze(0)
         if cfg.num_rv_samples is None and not cached:
             # one draw of M samples per condition serves both log zeta (eq. 12) and the reverse KL
             if reparam:
-                y, logp_y = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-                f_y = self.energy(y, context)
-                log_zeta = log_partition(self.energy(y.detach(), context), logp_y.detach())
+                y, logp_y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+                f_y, f_y_sg, f_x = _joint(energy, [y, y.detach(), x], context)
+                (logp_x,) = _joint(flow.log_prob, [x], context)
+                log_zeta = log_partition(f_y_sg, logp_y.detach())
             else:
                 with torch.no_grad():
-                    y = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)[0]
-                logp_y = self.flow.log_prob(y, context)
-                f_y = self.energy(y, context)
+                    y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)[0]
+                logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
+                f_y, f_x = _joint(energy, [y, x], context)
                 log_zeta = log_partition(f_y, logp_y.detach())
         else:
             if cached:
                 # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
                 if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
                     with torch.no_grad():
-                        self._zeta_cache = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+                        self._zeta_cache = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
                 y_z, logp_z = self._zeta_cache
             else:
                 with torch.no_grad():
-                    y_z, logp_z = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-            log_zeta = log_partition(self.energy(y_z, context), logp_z)
+                    y_z, logp_z = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
             k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
             if reparam:
-                y, logp_y = self.flow.sample_and_log_prob((k,), context)
+                y, logp_y = flow.sample_and_log_prob((k,), context)
+                (logp_x,) = _joint(flow.log_prob, [x], context)
             else:
                 with torch.no_grad():
-                    y = self.flow.sample_and_log_prob((k,), context)[0]
-                logp_y = self.flow.log_prob(y, context)
-            f_y = self.energy(y, context)
-        logp_x = self.flow.log_prob(inputs.unsqueeze(0), context)[0]
-        f_x = self.energy(inputs.unsqueeze(0), context)[0]
-        return Terms(logp_x, f_x, logp_y, f_y, log_zeta, reparam)
+                    y = flow.sample_and_log_prob((k,), context)[0]
+                logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
+            f_z, f_y, f_x = _joint(energy, [y_z, y, x], context)
+            log_zeta = log_partition(f_z, logp_z)
+        return Terms(logp_x[0], f_x[0], logp_y, f_y, log_zeta, reparam)
 
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
         """One GDA step; returns detached 0-d device tensors (no host sync)."""
@@ -364,6 +366,18 @@ class JeffreysTrainer:
     def load(self, path: str) -> None:
         """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
         self.load_state_dict(torch.load(path, weights_only=True, map_location=self.dual.lam.device))
+
+
+def _joint(fn: Callable[[Tensor, Tensor | None], Tensor], parts: list[Tensor], context: Tensor | None) -> list[Tensor]:
+    """``[fn(p, context) for p in parts]`` in one call of ``fn``: the same values (the networks
+    act on each point alone) for a fraction of the kernel launches, which is what a step of
+    these small models costs on a GPU. Parts are ``(S_i, C, d)``; without a condition every
+    point is pooled along one axis."""
+    if context is None:
+        flat = torch.cat([p.reshape(1, -1, p.shape[-1]) for p in parts], 1)
+        out = fn(flat, None)[0].split([p.shape[:-1].numel() for p in parts])
+        return [o.reshape(p.shape[:-1]) for o, p in zip(out, parts)]
+    return list(fn(torch.cat(parts, 0), context).split([p.shape[0] for p in parts], 0))
 
 
 def _clone(tree):

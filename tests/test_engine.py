@@ -71,6 +71,32 @@ def test_terms_route_gradients_as_algorithm_3(estimator, num_rv_samples):
     assert _depends(t.f_rv, theta) == (estimator == "reparameterized")
 
 
+def test_joint_evaluation_equals_separate_calls():
+    from sbi_jeffreys.engine import _joint
+    from sbi_jeffreys.nets import FiLMResidualEnergy
+
+    flow, energy = make_models(0)
+    energy.eval()  # in training mode each call advances spectral norm's power iteration
+    a, b = torch.randn(5, 1, 2), torch.randn(1, 7, 2)  # unconditional: samples and data differ in C
+    for fn in (flow.log_prob, energy):
+        fa, fb = _joint(fn, [a, b], None)
+        assert torch.allclose(fa, fn(a, None), atol=1e-5) and torch.allclose(fb, fn(b, None), atol=1e-5)
+    torch.manual_seed(1)
+    film = FiLMResidualEnergy(2, 3, width=16, blocks=2).eval()
+    c = torch.randn(4, 3)
+    parts = [torch.randn(6, 4, 2), torch.randn(1, 4, 2, requires_grad=True), torch.randn(1, 4, 2)]
+    out = _joint(film, parts, c)
+    for o, p in zip(out, parts):
+        assert o.shape == p.shape[:-1] and torch.allclose(o, film(p, c), atol=1e-5)
+    (g,) = torch.autograd.grad(out[1].sum(), parts[1])  # gradients reach each part
+    assert g.abs().sum() > 0
+    # in a step's terms: the data terms equal the networks applied to the data alone
+    tr = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=32))
+    t = tr.terms(DATA[:16])
+    assert torch.allclose(t.logp_data, flow.log_prob(DATA[:16].unsqueeze(0))[0], atol=1e-5)
+    assert torch.allclose(t.f_data, energy(DATA[:16].unsqueeze(0))[0], atol=1e-5)
+
+
 # --------------------------------------------------------------------------- 5. exact resume
 @pytest.mark.parametrize(
     "estimator,optimizer,zeta_every",
