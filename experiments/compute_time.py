@@ -8,7 +8,8 @@ step is one GDA step of Algorithm 3 (M ζ-samples under stop-gradient, N reverse
 backward, Adam for θ and ψ, multiplier ascent); an NF step is one Adam step on the NLL.
 
 Writes ``OUT/compute_time.csv`` (one row per model x round), ``OUT/compute_time_summary.csv``
-(median and min seconds/iteration, ratio to NF) and ``OUT/compute_time.png``, and prints the
+(median and min seconds/iteration, ratio to NF, ATen operator calls per iteration: the work
+in launches, hardware-independent) and ``OUT/compute_time.png``, and prints the
 Jeffreys/NF ratio. (Fig. 8b, NLL vs M, needs full training runs: see ``density2d.py
 --num-zeta-samples``.)
 
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from sbi_jeffreys.adapters.density import JeffreysDensityEstimator  # noqa: E402
@@ -50,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-zeta-samples", type=int, nargs="+", default=[10, 100, 1000, 10_000], help="values of M")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="ring8")
     p.add_argument("--num-train", type=int, default=1000)
+    p.add_argument("--gradient-estimator", choices=("reparameterized", "score"), default="reparameterized",
+                   help="Jeffreys' theta-gradient (eq. 18 score form or rsample; engine default: reparameterized)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/compute_time"))
@@ -77,6 +81,25 @@ def time_steps(step, x: torch.Tensor, n: int, device: torch.device) -> float:
     return (time.perf_counter() - t0) / n
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts ATen operator calls: the work of a step in launches, whatever the hardware
+    (on a GPU nearly every call is one kernel launch, which is what bounds these tiny models)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(step, x: torch.Tensor) -> int:
+    with _OpCounter() as counter:
+        step(x)
+    return counter.calls
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
@@ -98,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     # the models, each with its step function
     models: dict[str, tuple[str, int | None, Callable[[torch.Tensor], object]]] = {}
     for m in args.num_zeta_samples:
-        est = JeffreysDensityEstimator(2, device=device, seed=args.seed, num_zeta_samples=m)
+        est = JeffreysDensityEstimator(2, device=device, seed=args.seed, num_zeta_samples=m,
+                                       gradient_estimator=args.gradient_estimator)
         models[f"jeffreys_M{m}"] = ("jeffreys", m, est.build(train).step)
     nf = NFDensityEstimator(2, device=device, seed=args.seed)
     nf.build(train)
@@ -107,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for _, _, step in models.values():
         if args.warmup:
             time_steps(step, x, args.warmup, device)
+    ops = {name: ops_per_step(step, x) for name, (_, _, step) in models.items()}
     rows = []
     bar = tqdm(total=args.rounds * len(models), desc="timing")
     for r in range(args.rounds):
@@ -125,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
            for n, (k, m, _) in models.items()}
     summary = [dict(model=k, num_zeta_samples=m or "", median_seconds_per_iteration=med[n],
                     min_seconds_per_iteration=low[n], iterations_per_second=1 / med[n],
-                    ratio_to_nf=med[n] / med["nf"], device=str(device), threads=torch.get_num_threads())
+                    ratio_to_nf=med[n] / med["nf"], ops_per_iteration=ops[n], ops_ratio_to_nf=ops[n] / ops["nf"],
+                    gradient_estimator=args.gradient_estimator if k == "jeffreys" else "",
+                    device=str(device), threads=torch.get_num_threads())
                for n, (k, m, _) in models.items()]
     write_csv(args.out / "compute_time.csv", rows)
     write_csv(args.out / "compute_time_summary.csv", summary)
@@ -136,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         label = "NF" if s["model"] == "nf" else f"Jeffreys M={s['num_zeta_samples']}"
         print(f"  {label:>20}: {1e3 * s['median_seconds_per_iteration']:8.2f} ms/iter "
-              f"({s['iterations_per_second']:.1f} it/s), ratio to NF {s['ratio_to_nf']:.2f}")
+              f"({s['iterations_per_second']:.1f} it/s), ratio to NF {s['ratio_to_nf']:.2f}; "
+              f"{s['ops_per_iteration']} ATen ops/iter, ratio {s['ops_ratio_to_nf']:.2f}")
     return 0
 
 
