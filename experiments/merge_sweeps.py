@@ -1,6 +1,7 @@
 """Merge the results.csv of several sweep folders (e.g. NPE on CPU, JeffreysNPE on GPU, run
 side by side) into one folder, draw its summary and Fig. 6-style figure, and print the
-task x budget x method table in Markdown (the README's table).
+task x budget x method table in Markdown (the README's table), the per-seed table and how often
+JeffreysNPE's flow beats NPE (``OUT/table.md``).
 
     python experiments/merge_sweeps.py --out out/sweep out/sweep_npe out/sweep_jeffreys
     python experiments/merge_sweeps.py --observations 1 2 3 4 5 --out out/obs1to5 out/a out/b
@@ -23,8 +24,7 @@ from sbi_jeffreys.registry import available_methods
 def markdown_table(frame: pd.DataFrame) -> str:
     """One row per task x budget, one column per method: ``mean ± sd (seeds)`` of C2ST over
     seeds and observations, plus the mean training seconds per method."""
-    order = {m: i for i, m in enumerate(available_methods())}
-    methods = sorted(dict.fromkeys(frame["method"]), key=lambda m: order.get(m, len(order)))
+    methods = _method_order(frame)
     head = ["task", "budget"] + methods + [f"{m} train s" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for (task, budget), part in frame.groupby(["task", "num_simulations"], sort=True):
@@ -40,6 +40,40 @@ def markdown_table(frame: pd.DataFrame) -> str:
             cells.append(f"{rows['c2st'].mean():.3f} ± {0.0 if pd.isna(sd) else sd:.3f} (seeds {seeds})")
             times.append(f"{rows.drop_duplicates('seed')['train_seconds'].mean():.0f}")
         lines.append("| " + " | ".join([task, f"{budget:,}"] + cells + times) + " |")
+    return "\n".join(lines)
+
+
+def _method_order(frame: pd.DataFrame) -> list[str]:
+    order = {m: i for i, m in enumerate(available_methods())}
+    return sorted(dict.fromkeys(frame["method"]), key=lambda m: order.get(m, len(order)))
+
+
+def seed_table(frame: pd.DataFrame) -> str:
+    """C2ST per seed (mean over observations), one row per task x budget x method."""
+    seeds = sorted(frame["seed"].unique())
+    head = ["task", "budget", "method"] + [f"seed {s}" for s in seeds]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    means = frame.groupby(["task", "num_simulations", "method", "seed"])["c2st"].mean()
+    for (task, budget), _ in frame.groupby(["task", "num_simulations"], sort=True):
+        for m in _method_order(frame[(frame["task"] == task) & (frame["num_simulations"] == budget)]):
+            cells = [f"{means[(task, budget, m, s)]:.3f}" if (task, budget, m, s) in means else "" for s in seeds]
+            lines.append("| " + " | ".join([task, f"{budget:,}", m] + cells) + " |")
+    return "\n".join(lines)
+
+
+def win_table(frame: pd.DataFrame, ours: str = "jeffreys_npe", baseline: str = "npe") -> str:
+    """Per task x budget: in how many (seed, observation) cells and seeds ``ours`` has the lower C2ST."""
+    key = ["task", "num_simulations", "seed", "observation"]
+    wide = frame.pivot_table(index=key, columns="method", values="c2st")
+    if ours not in wide or baseline not in wide:
+        return ""
+    wide = wide[[ours, baseline]].dropna()
+    lines = [f"| task | budget | cells where {ours} < {baseline} | seeds where it is lower on average |",
+             "| --- | --- | --- | --- |"]
+    for (task, budget), part in wide.groupby(level=[0, 1]):
+        per_seed = part.groupby(level=2).mean()
+        lines.append(f"| {task} | {budget:,} | {int((part[ours] < part[baseline]).sum())} of {len(part)} | "
+                     f"{int((per_seed[ours] < per_seed[baseline]).sum())} of {len(per_seed)} |")
     return "\n".join(lines)
 
 
@@ -64,7 +98,7 @@ def main() -> None:
     os.replace(tmp, Path(a.out) / "results.csv")
     summary = write_summary(a.out)
     plot_c2st_vs_budget(a.out, summary)
-    table = markdown_table(merged)
+    table = "\n\n".join(t for t in (markdown_table(merged), seed_table(merged), win_table(merged)) if t)
     (Path(a.out) / "table.md").write_text(table + "\n")
     print(summary.to_string(index=False))
     print()

@@ -335,3 +335,33 @@ def test_sweep_killed_with_sigkill_resumes_without_duplicates(tmp_path):
     assert len(rows) == len(budgets) and len(set(_keys(rows))) == len(rows)
     assert sorted(r["num_simulations"] for r in rows) == sorted(budgets)
     assert rows[: len(first)] == first  # finished cells were kept, not redone
+
+
+def _write_results(folder: Path, rows: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_merge_sweeps_tables_and_refuses_duplicates(tmp_path):
+    def row(method, seed, obs, c2st):
+        return dict(task="two_moons", num_simulations=1000, seed=seed, observation=obs, method=method,
+                    c2st=c2st, train_seconds=1.0, sample_seconds=0.1)
+
+    # JeffreysNPE lower in 3 of 4 (seed, observation) cells and in seed 0 only on average
+    _write_results(tmp_path / "npe", [row("npe", s, o, 0.8) for s in (0, 1) for o in (1, 2)])
+    _write_results(tmp_path / "jeffreys", [row("jeffreys_npe", 0, 1, 0.6), row("jeffreys_npe", 0, 2, 0.7),
+                                           row("jeffreys_npe", 1, 1, 0.7), row("jeffreys_npe", 1, 2, 0.95)])
+    script = Path(__file__).resolve().parents[1] / "experiments" / "merge_sweeps.py"
+    run = [sys.executable, str(script), "--out", str(tmp_path / "merged")]
+    res = subprocess.run(run + [str(tmp_path / "npe"), str(tmp_path / "jeffreys")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = (tmp_path / "merged" / "table.md").read_text()
+    assert "| two_moons | 1,000 | 0.800 ± 0.000 (seeds 0,1) | 0.737 ± 0.149 (seeds 0,1) |" in table
+    assert "| two_moons | 1,000 | jeffreys_npe | 0.650 | 0.825 |" in table
+    assert "| two_moons | 1,000 | 3 of 4 | 1 of 2 |" in table
+    assert (tmp_path / "merged" / "c2st_vs_budget.png").exists()
+    res = subprocess.run(run + [str(tmp_path / "npe"), str(tmp_path / "npe")], capture_output=True, text=True)
+    assert res.returncode != 0 and "duplicated cells" in res.stderr
