@@ -372,7 +372,8 @@ def _joint(fn: Callable[[Tensor, Tensor | None], Tensor], parts: list[Tensor], c
     """``[fn(p, context) for p in parts]`` in one call of ``fn``: the same values (the networks
     act on each point alone) for a fraction of the kernel launches, which is what a step of
     these small models costs on a GPU. Parts are ``(S_i, C, d)``; without a condition every
-    point is pooled along one axis."""
+    point is pooled along one axis. A spectral-normalized EBM in training mode thus advances
+    its power iteration once per step (one iteration per update, as Miyato et al.), not per call."""
     if context is None:
         flat = torch.cat([p.reshape(1, -1, p.shape[-1]) for p in parts], 1)
         out = fn(flat, None)[0].split([p.shape[:-1].numel() for p in parts])
