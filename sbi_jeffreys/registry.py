@@ -84,6 +84,12 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             init_kwargs=_frozen({"density_estimator": "nsf"}),
             description="sbi's NPE with a neural spline flow (the estimator behind sbibm's NPE tables)",
         ),
+        "npe_zuko_nsf": MethodSpec(
+            name="npe_zuko_nsf",
+            load=_importer("sbi.inference", "NPE"),
+            init_kwargs=_frozen({"density_estimator": "zuko_nsf"}),
+            description="sbi's NPE with JeffreysNPE's default flow (zuko NSF): isolates the objective",
+        ),
         "jeffreys_npe": MethodSpec(
             name="jeffreys_npe",
             load=_JEFFREYS,
