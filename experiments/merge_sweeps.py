@@ -54,8 +54,8 @@ def seed_table(frame: pd.DataFrame) -> str:
     head = ["task", "budget", "method"] + [f"seed {s}" for s in seeds]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     means = frame.groupby(["task", "num_simulations", "method", "seed"])["c2st"].mean()
-    for (task, budget), _ in frame.groupby(["task", "num_simulations"], sort=True):
-        for m in _method_order(frame[(frame["task"] == task) & (frame["num_simulations"] == budget)]):
+    for (task, budget), part in frame.groupby(["task", "num_simulations"], sort=True):
+        for m in _method_order(part):
             cells = [f"{means[(task, budget, m, s)]:.3f}" if (task, budget, m, s) in means else "" for s in seeds]
             lines.append("| " + " | ".join([task, f"{budget:,}", m] + cells) + " |")
     return "\n".join(lines)

@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--observation", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs for both methods (default: early stopping)")
+    p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs for every method (default: early stopping)")
     p.add_argument("--methods", nargs="+", default=["npe", "npe_zuko_nsf", "jeffreys_npe"],
                    choices=available_methods(), help="registered methods to compare")
     p.add_argument("--device", default="cpu")
