@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, default=1000)
     p.add_argument("--gradient-estimator", choices=("reparameterized", "score"), default="reparameterized",
                    help="Jeffreys' theta-gradient (eq. 18 score form or rsample; engine default: reparameterized)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="time steps replayed as CUDA graphs (both models; CUDA only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/compute_time"))
@@ -119,26 +121,32 @@ def main(argv: list[str] | None = None) -> int:
     x = train.to(device)
 
     # the models, each with its step function
+    # (timed step, eager step): the op count is the eager step's (a replayed graph dispatches none)
+    graph = args.cuda_graph and device.type == "cuda"
     models: dict[str, tuple[str, int | None, Callable[[torch.Tensor], object]]] = {}
+    eager: dict[str, Callable[[torch.Tensor], object]] = {}
     for m in args.num_zeta_samples:
         est = JeffreysDensityEstimator(2, device=device, seed=args.seed, num_zeta_samples=m,
-                                       gradient_estimator=args.gradient_estimator)
-        models[f"jeffreys_M{m}"] = ("jeffreys", m, est.build(train).step)
-    nf = NFDensityEstimator(2, device=device, seed=args.seed)
+                                       gradient_estimator=args.gradient_estimator, cuda_graph=graph)
+        trainer = est.build(train)
+        models[f"jeffreys_M{m}"] = ("jeffreys", m, trainer.train_step)
+        eager[f"jeffreys_M{m}"] = trainer.step
+    nf = NFDensityEstimator(2, device=device, seed=args.seed, cuda_graph=graph)
     nf.build(train)
-    models["nf"] = ("nf", None, nf.step)
+    models["nf"] = ("nf", None, nf.train_step)
+    eager["nf"] = nf.step
 
-    for _, _, step in models.values():
-        if args.warmup:
-            time_steps(step, x, args.warmup, device)
-    ops = {name: ops_per_step(step, x) for name, (_, _, step) in models.items()}
+    ops = {name: ops_per_step(step, x) for name, step in eager.items()}
+    for _, _, step in models.values():  # a recorded step needs 3 warm-up calls + 1 recording
+        time_steps(step, x, max(args.warmup, 5 if graph else 0), device)
     rows = []
     bar = tqdm(total=args.rounds * len(models), desc="timing")
     for r in range(args.rounds):
         for name, (kind, m, step) in models.items():
             sec = time_steps(step, x, args.iterations, device)
             rows.append(dict(model=kind, num_zeta_samples=m or "", round=r, iterations=args.iterations,
-                             seconds_per_iteration=sec, device=str(device), threads=torch.get_num_threads()))
+                             seconds_per_iteration=sec, device=str(device), threads=torch.get_num_threads(),
+                             cuda_graph=graph))
             bar.set_postfix(model=name, ms=f"{1e3 * sec:.1f}")
             bar.update(1)
     bar.close()
@@ -152,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
                     min_seconds_per_iteration=low[n], iterations_per_second=1 / med[n],
                     ratio_to_nf=med[n] / med["nf"], ops_per_iteration=ops[n], ops_ratio_to_nf=ops[n] / ops["nf"],
                     gradient_estimator=args.gradient_estimator if k == "jeffreys" else "",
-                    device=str(device), threads=torch.get_num_threads())
+                    device=str(device), threads=torch.get_num_threads(), cuda_graph=graph)
                for n, (k, m, _) in models.items()]
     write_csv(args.out / "compute_time.csv", rows)
     write_csv(args.out / "compute_time_summary.csv", summary)
     plot(summary, args.out / "compute_time.png", device)
 
-    print(f"device={device} threads={torch.get_num_threads()} N={args.num_train} "
+    print(f"device={device} cuda_graph={graph} threads={torch.get_num_threads()} N={args.num_train} "
           f"({args.rounds} rounds x {args.iterations} steps, median):")
     for s in summary:
         label = "NF" if s["model"] == "nf" else f"Jeffreys M={s['num_zeta_samples']}"

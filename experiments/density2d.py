@@ -88,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=None,
                    help="GDA/Adam steps per run (default: 25,000, gmm40 100,000; 300 with --quick)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--devices", nargs="+", default=None,
+                   help="spread the jobs round-robin over these devices (overrides --device)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="replay each training step as a CUDA graph (CUDA only; several times faster)")
     p.add_argument("--out", type=Path, default=Path("runs/density2d"))
     p.add_argument("--quick", action="store_true", help="CPU in minutes: 300 iterations, M=256, smaller nets, 2 datasets")
     p.add_argument("--num-zeta-samples", type=int, default=None, help="M of eq. 12 (default 1000; 256 with --quick)")
@@ -100,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.datasets is None:
         args.datasets = QUICK_DATASETS if args.quick else ALL_DATASETS
+    args.devices = args.devices or [args.device]
     for name in ("iterations", "num_zeta_samples", "eval_every", "jobs", "threads", "num_train", "num_test"):
         v = getattr(args, name)
         if v is not None and v < 1:
@@ -107,13 +112,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def job_settings(args: argparse.Namespace, dataset: str) -> dict:
+def job_settings(args: argparse.Namespace, dataset: str, device: str | None = None) -> dict:
     """Everything that determines one job's numbers (a finished job is reused only if equal)."""
     base = QUICK if args.quick else PAPER
     iterations = args.iterations or (base["gmm40_iterations"] if dataset == "gmm40" else base["iterations"])
     return dict(
         iterations=iterations, num_train=args.num_train, num_test=args.num_test or base["num_test"],
-        eval_every=args.eval_every or base["eval_every"], device=args.device, threads=args.threads,
+        eval_every=args.eval_every or base["eval_every"], device=device or args.devices[0], threads=args.threads,
+        cuda_graph=args.cuda_graph,
         warm_start_steps=args.warm_start_steps, arch={**base["flow"], **base["energy"]},
         config={**CONFIG, "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"]}, nf_lr=NF_LR,
     )
@@ -168,10 +174,24 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
             device=dev, status=status, **extra,
         ))
 
+    # --- NF baseline first (it is the faster one): the same flow by maximum likelihood (same
+    # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
+    graph = settings.get("cuda_graph", False)
+    nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed, cuda_graph=graph)
+    try:
+        nf.fit(train, **common)
+        status = "ok"
+    except TrainingDivergedError as err:
+        status = f"diverged: {err}"
+    record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan))
+    if status == "ok":
+        out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
+    _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json"), out)
+
     # --- Jeffreys: p_theta and the quasi-normalized q_psi
     ckpt = os.path.join(job_dir, f"{dataset}_seed{seed}.ckpt")
     jeff = JeffreysDensityEstimator(2, **arch, warm_start_steps=settings["warm_start_steps"], device=dev,
-                                    seed=seed, **settings["config"])
+                                    seed=seed, cuda_graph=graph, **settings["config"])
     try:
         jeff.fit(train, **common, checkpoint_path=ckpt, resume=True)
         status = "ok"
@@ -185,20 +205,10 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         q = jeff.proxy_log_prob(grid, num_samples=max(10_000, settings["config"]["num_zeta_samples"]))
         out["maps"]["jeffreys_q"] = (q.exp() * area).reshape(GRID, GRID).tolist()
 
-    # --- NF baseline: the same flow by maximum likelihood (same seed: same initial flow)
-    nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed)
-    try:
-        nf.fit(train, **common)
-        status = "ok"
-    except TrainingDivergedError as err:
-        status = f"diverged: {err}"
-    record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan))
-    if status == "ok":
-        out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
-
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
-    if os.path.exists(ckpt):
-        os.remove(ckpt)
+    for path in (ckpt, os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json")):
+        if os.path.exists(path):
+            os.remove(path)
     return out
 
 
@@ -348,14 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     job_dir = out / "jobs"
     job_dir.mkdir(parents=True, exist_ok=True)
     todo, done = [], {}
-    for dataset in args.datasets:
-        for seed in args.seeds:
-            s = job_settings(args, dataset)
-            job = _load_finished(job_dir / f"{dataset}_seed{seed}.json", s)
-            if job is None:
-                todo.append((dataset, seed, s))
-            else:
-                done[(dataset, seed)] = job
+    pairs = [(d, sd) for d in args.datasets for sd in args.seeds]
+    for i, (dataset, seed) in enumerate(pairs):
+        s = job_settings(args, dataset, args.devices[i % len(args.devices)])
+        job = _load_finished(job_dir / f"{dataset}_seed{seed}.json", s)
+        if job is None:
+            todo.append((dataset, seed, s))
+        else:
+            done[(dataset, seed)] = job
     if done:
         print(f"Reusing {len(done)} finished job(s) from {job_dir}.")
     start = time.perf_counter()

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.objective import (
     MULTIPLIERS,
     DualState,
@@ -65,6 +66,7 @@ class JeffreysConfig:
     clip_max_norm: float | None = None
     max_log_zeta: float = 20.0
     max_rollbacks: int = 3
+    cuda_graph: bool = False  # replay each step as a CUDA graph (sbi_jeffreys.graphs); CUDA only
 
     def __post_init__(self) -> None:
         if self.gradient_estimator not in ("reparameterized", "score"):
@@ -72,6 +74,8 @@ class JeffreysConfig:
         for name in ("flow_lr", "energy_lr", "num_zeta_samples", "zeta_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
+        if self.cuda_graph and self.zeta_every != 1:
+            raise ValueError("cuda_graph needs zeta_every=1: a recorded step cannot branch on the step count.")
         self.betas = tuple(self.betas)
         self.flow_betas = tuple(self.flow_betas) if self.flow_betas is not None else None
 
@@ -118,6 +122,14 @@ class JeffreysTrainer:
         ).to(device)
         self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.flow_betas or config.betas)
         self.opt_energy = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
+        # a recorded step keeps Adam's step counts on the device (capturable); CPU runs eagerly
+        self._graph = StepGraph(self._accumulated_step) if config.cuda_graph and device.type == "cuda" else None
+        if self._graph is not None:
+            for opt in (self.opt_flow, self.opt_energy, self.dual.opt):
+                for group in opt.param_groups if opt is not None else ():
+                    group["capturable"] = True
+        self._keys: list[str] | None = None  # step statistics, summed on the device in _acc
+        self._acc: Tensor | None = None
         self.step_count = 0
         self.epoch = 0
         self.rollbacks = 0
@@ -172,6 +184,11 @@ class JeffreysTrainer:
 
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
         """One GDA step; returns detached 0-d device tensors (no host sync)."""
+        stats = self._gda_step(inputs, context)
+        self.step_count += 1
+        return stats
+
+    def _gda_step(self, inputs: Tensor, context: Tensor | None) -> dict[str, Tensor]:
         cfg = self.config
         self.flow.train(), self.energy.train()
         lam = self.dual.value.clone()
@@ -188,11 +205,34 @@ class JeffreysTrainer:
         values = constraint_values(t, cfg.kl_weight)
         slacks = constraint_slacks(values, lam, cfg.eps_zeta, cfg.negative_nll)
         self.dual.ascend(slacks)
-        self.step_count += 1
         stats = dict(values)
         stats.update({f"lambda_{n}": lam[i] for i, n in enumerate(MULTIPLIERS)})
         stats.update({f"slack_{n}": slacks[i] for i, n in enumerate(MULTIPLIERS)})
         return stats
+
+    def train_step(self, inputs: Tensor, context: Tensor | None = None) -> None:
+        """One GDA step whose statistics are summed on the device until :meth:`read_statistics`;
+        replayed as a CUDA graph with ``config.cuda_graph`` on a CUDA device."""
+        if self._graph is not None:
+            self._graph(inputs, context)
+        else:
+            self._accumulated_step(inputs, context)
+        self.step_count += 1
+
+    def _accumulated_step(self, inputs: Tensor, context: Tensor | None) -> None:
+        stats = self._gda_step(inputs, context)
+        if self._keys is None:
+            self._keys = list(stats)
+            self._acc = torch.zeros(len(self._keys), device=inputs.device)
+        self._acc.add_(torch.stack([stats[k] for k in self._keys]))
+
+    def read_statistics(self, count: int) -> dict[str, float]:
+        """The step statistics averaged over the last ``count`` steps (one host sync); resets the sums."""
+        if self._acc is None or count == 0:
+            return {}
+        values = (self._acc / count).tolist()
+        self._acc.zero_()  # in place: a recorded step adds into this very tensor
+        return dict(zip(self._keys, values))
 
     @torch.no_grad()
     def evaluate(self, inputs: Tensor, context: Tensor | None = None, batch_size: int = 10_000) -> dict[str, float]:
@@ -234,12 +274,10 @@ class JeffreysTrainer:
         bar = tqdm(total=None if huge else max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training")
         if self._good is None:
             self._good = self._snapshot()  # so that even the first log point can roll back
-        sums: dict[str, Tensor] = {}
         count = 0
         while self.epoch < max_epochs:
             for x, c in batches():
-                for key, v in self.step(x, c).items():
-                    sums[key] = sums[key] + v if key in sums else v.clone()
+                self.train_step(x, c)
                 count += 1
             if count == 0:
                 raise ValueError("The training batches are empty: no data to train on.")
@@ -247,8 +285,8 @@ class JeffreysTrainer:
             bar.update(1)
             if self.epoch % log_every and self.epoch < max_epochs:
                 continue
-            record = {k: float(v) / count for k, v in zip(sums, torch.stack(list(sums.values())).cpu())}
-            sums, count = {}, 0
+            record = self.read_statistics(count)
+            count = 0
             if validate is not None:
                 record.update(validate())
             if not self._healthy(record):
@@ -330,6 +368,8 @@ class JeffreysTrainer:
             self.dual.opt.load_state_dict(snap["opt_dual"])
         self.epoch, self.step_count = snap["epoch"], snap["step"]
         self._zeta_cache = None
+        if self._graph is not None:
+            self._graph.reset()  # the optimizers' states are new tensors: record the step again
 
     def state_dict(self) -> dict:
         """The complete training state: models, multipliers, optimizers, counters, history,

@@ -187,7 +187,7 @@ def test_nan_weights_from_an_epochs_last_step_are_not_snapshotted():
     step must not become the 'last good state' (else every rollback restores NaN weights)."""
     flow, energy = make_models(0)
     tr = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=64, max_rollbacks=2))
-    step, poisoned = tr.step, []
+    step, poisoned = tr.train_step, []
 
     def poisoning_step(x, c=None):
         out = step(x, c)
@@ -197,7 +197,7 @@ def test_nan_weights_from_an_epochs_last_step_are_not_snapshotted():
             poisoned.append(True)
         return out
 
-    tr.step = poisoning_step
+    tr.train_step = poisoning_step
     torch.manual_seed(0)
     with pytest.warns(RuntimeWarning, match="Divergence at epoch 2 .*parameters.*rolled back to epoch 1"):
         tr.fit(make_batches(DATA, 64), 3, show_progress=False)
@@ -211,7 +211,7 @@ def test_repeated_rollbacks_to_the_same_state():
     flow, energy = make_models(0)
     cfg = JeffreysConfig(num_zeta_samples=64, max_rollbacks=3)
     tr = JeffreysTrainer(flow, energy, cfg)
-    step, poisoned = tr.step, []
+    step, poisoned = tr.train_step, []
 
     def poisoning_step(x, c=None):
         if tr.epoch == 2 and tr.step_count == 4 and len(poisoned) < 2:  # first step of epoch 3, twice
@@ -220,7 +220,7 @@ def test_repeated_rollbacks_to_the_same_state():
             poisoned.append(True)
         return step(x, c)
 
-    tr.step = poisoning_step
+    tr.train_step = poisoning_step
     torch.manual_seed(0)
     with pytest.warns(RuntimeWarning, match="rolled back to epoch 2"):
         tr.fit(make_batches(DATA, 64), 4, show_progress=False)

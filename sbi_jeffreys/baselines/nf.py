@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from sbi_jeffreys.adapters.density import _as_data, _chunked, build_flow, epoch_batches, training_plan
 from sbi_jeffreys.engine import TrainingDivergedError
+from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.nets import UnconditionalFlow
 
 __all__ = ["NFDensityEstimator"]
@@ -33,6 +34,7 @@ class NFDensityEstimator:
         lr, betas: Adam's learning rate and betas (D.2: 1e-3; C.3: (0.0, 0.9)).
         device: where the model and data live.
         seed: if given, ``torch.manual_seed(seed)`` before the flow is built.
+        cuda_graph: on a CUDA device, replay each step as a CUDA graph (:mod:`sbi_jeffreys.graphs`).
 
     Attributes:
         flow: the trained flow (after :meth:`fit`); ``optimizer``: its Adam;
@@ -50,6 +52,7 @@ class NFDensityEstimator:
         betas: tuple[float, float] = (0.0, 0.9),
         device: str | torch.device = "cpu",
         seed: int | None = None,
+        cuda_graph: bool = False,
     ):
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be a positive int, got {features!r}.")
@@ -60,6 +63,7 @@ class NFDensityEstimator:
         self.lr, self.betas = lr, tuple(betas)
         self.device = torch.device(device)
         self.seed = seed
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.flow: UnconditionalFlow | None = None
         self.optimizer: torch.optim.Adam | None = None
         self.epoch = 0
@@ -73,9 +77,19 @@ class NFDensityEstimator:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.lr, betas=self.betas)
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.lr, betas=self.betas,
+                                          capturable=self.cuda_graph)
         self.epoch, self._history = 0, {}
+        self._total = torch.zeros((), device=self.device)
+        self._graph = StepGraph(self._accumulated_step) if self.cuda_graph else None
         return self.flow
+
+    def _accumulated_step(self, x: Tensor) -> None:
+        self._total.add_(self.step(x))
+
+    def train_step(self, x: Tensor) -> None:
+        """One step whose loss is summed on the device (a replayed CUDA graph with ``cuda_graph``)."""
+        (self._graph or self._accumulated_step)(x)
 
     def step(self, x: Tensor) -> Tensor:
         """One Adam step on the mean NLL of the batch ``x``; returns the detached loss (no sync)."""
@@ -115,19 +129,18 @@ class NFDensityEstimator:
         batches = epoch_batches(train, batch_size)
         eval_seconds = 0.0
         start = time.perf_counter()
-        total = torch.zeros((), device=self.device)
         count = 0
         bar = tqdm(total=max_epochs, disable=not show_progress, desc="NF training")
         while self.epoch < max_epochs:
             for x, _ in batches():
-                total += self.step(x)
+                self.train_step(x)
                 count += 1
             self.epoch += 1
             bar.update(1)
             if self.epoch % log_every and self.epoch < max_epochs:
                 continue
-            record = {"nll_p": float(total) / count}  # the only host sync between evaluations
-            total.zero_()
+            record = {"nll_p": float(self._total) / count}  # the only host sync between evaluations
+            self._total.zero_()  # in place: a recorded step adds into this very tensor
             count = 0
             if test is not None:
                 t0 = time.perf_counter()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The paper-length 2D density runs of issue 2 (README's density table) on a GPU host.
+#   bash experiments/device_density.sh OUT LIMIT_S [GPU...]
+# Every training step is replayed as a CUDA graph (--cuda-graph): these models are launch-bound,
+# so the recorded step runs several times faster than eager steps. All (dataset, seed) jobs run at
+# once, spread round-robin over the GPUs, gmm40 (100,000 iterations) first so that its three
+# seeds land on different GPUs. CUDA MPS, where the host has it, lets the processes that share a
+# GPU run their small kernels side by side instead of taking turns. Everything stops at LIMIT_S.
+set -u
+out=$1; limit=$2; shift 2
+gpus=(${*:-cuda:0})
+mkdir -p "$out"
+if command -v nvidia-cuda-mps-control >/dev/null && [ -z "${NO_MPS:-}" ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    echo "CUDA MPS: on"
+  else
+    echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY; echo "CUDA MPS: failed, off"
+  fi
+else
+  echo "CUDA MPS: not available"
+fi
+timeout "$limit" python3 experiments/density2d.py --devices "${gpus[@]}" --cuda-graph --jobs 18 --threads 1 \
+  --datasets gmm40 ring8 grid25 moons spiral rings --seeds 0 1 2 --out "$out" > "$out.log" 2>&1
+echo "density2d exit $?"
