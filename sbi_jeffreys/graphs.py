@@ -55,6 +55,11 @@ class StepGraph:
         return self.graph is not None
 
     def __call__(self, *inputs: Tensor | None) -> None:
+        # streams and recordings belong to the inputs' GPU, whatever the current device
+        with torch.cuda.device(next(x.device for x in inputs if x is not None)):
+            self._call(inputs)
+
+    def _call(self, inputs: tuple[Tensor | None, ...]) -> None:
         key = _key(inputs)
         if key != self._key:
             self.reset()
