@@ -8,9 +8,11 @@
 set -u
 res=$1; limit=$2
 mkdir -p "$res"
-python3 -m pytest -q tests/test_graphs.py 2>&1 | tee "$res/test_graphs.log" | tail -n 3
-graph_ok=${PIPESTATUS[0]}
-for mode in --cuda-graph ""; do
+# SKIP_BENCH=1 skips step 1 (tests and benchmark), for a relaunch on a fresh machine
+graph_ok=0
+[ -z "${SKIP_BENCH:-}" ] && { python3 -m pytest -q tests/test_graphs.py 2>&1 | tee "$res/test_graphs.log" | tail -n 3
+  graph_ok=${PIPESTATUS[0]}; }
+[ -z "${SKIP_BENCH:-}" ] && for mode in --cuda-graph ""; do
   python3 experiments/compute_time.py --device cuda:0 $mode --iterations $([ -n "$mode" ] && echo 300 || echo 40) \
     --rounds 3 --num-zeta-samples 10 100 1000 --out "$res/speed${mode:+_graph}" 2>&1 | grep -v "timing:" | tail -n 5
 done
