@@ -13,10 +13,15 @@ in launches, hardware-independent) and ``OUT/compute_time.png``, and prints the
 Jeffreys/NF ratio. (Fig. 8b, NLL vs M, needs full training runs: see ``density2d.py
 --num-zeta-samples``.)
 
+With ``--cuda-graph`` (CUDA only) both models' steps are replayed as CUDA graphs
+(:class:`sbi_jeffreys.graphs.StepGraph`): the launch overhead that bounds eager steps of these
+tiny models disappears, and the ratio measures the work per step on the device.
+
 Example::
 
     python experiments/compute_time.py --iterations 50 --out runs/compute_time          # CPU
     python experiments/compute_time.py --device cuda --iterations 500 --out runs/compute_time_gpu
+    python experiments/compute_time.py --device cuda --cuda-graph --iterations 300 --out runs/ct_graph
 """
 
 from __future__ import annotations
