@@ -375,3 +375,24 @@ def test_load_uses_weights_only(tmp_path):
     # (sanity: a full unpickle would have run the payload)
     torch.load(bad, weights_only=False)
     assert _RAN == ["executed"]
+
+
+def test_train_step_sums_the_step_statistics_on_the_device():
+    """fit's log records come from train_step's device-side sums: they must equal the mean of
+    the statistics that step() returns for the same steps, and reading resets the sums."""
+    runs = []
+    for accumulate in (False, True):
+        flow, energy = make_models(0)
+        tr = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=64))
+        torch.manual_seed(3)
+        if accumulate:
+            for _ in range(3):
+                tr.train_step(DATA)
+            runs.append(tr.read_statistics(3))
+            assert tr.step_count == 3 and float(tr._acc.abs().sum()) == 0.0
+        else:
+            stats = [tr.step(DATA) for _ in range(3)]
+            runs.append({k: sum(float(s[k]) for s in stats) / 3 for k in stats[0]})
+    assert runs[0].keys() == runs[1].keys() and "lambda_fw" in runs[1]
+    for k in runs[0]:
+        assert runs[1][k] == pytest.approx(runs[0][k], rel=1e-5, abs=1e-6), k
