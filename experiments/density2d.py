@@ -112,13 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def job_settings(args: argparse.Namespace, dataset: str, device: str | None = None) -> dict:
+def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
     """Everything that determines one job's numbers (a finished job is reused only if equal)."""
     base = QUICK if args.quick else PAPER
     iterations = args.iterations or (base["gmm40_iterations"] if dataset == "gmm40" else base["iterations"])
     return dict(
         iterations=iterations, num_train=args.num_train, num_test=args.num_test or base["num_test"],
-        eval_every=args.eval_every or base["eval_every"], device=device or args.devices[0], threads=args.threads,
+        eval_every=args.eval_every or base["eval_every"], device=device, threads=args.threads,
         cuda_graph=args.cuda_graph,
         warm_start_steps=args.warm_start_steps, arch={**base["flow"], **base["energy"]},
         config={**CONFIG, "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"]}, nf_lr=NF_LR,
@@ -186,7 +186,8 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
     record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan))
     if status == "ok":
         out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
-    _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json"), out)
+    partial = os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json")
+    _write_json(partial, out)
 
     # --- Jeffreys: p_theta and the quasi-normalized q_psi
     ckpt = os.path.join(job_dir, f"{dataset}_seed{seed}.ckpt")
@@ -206,7 +207,7 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         out["maps"]["jeffreys_q"] = (q.exp() * area).reshape(GRID, GRID).tolist()
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
-    for path in (ckpt, os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json")):
+    for path in (ckpt, partial):
         if os.path.exists(path):
             os.remove(path)
     return out

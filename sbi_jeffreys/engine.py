@@ -120,14 +120,14 @@ class JeffreysTrainer:
             init=config.multiplier_init, lr=config.multiplier_lr, zeta_lr=config.zeta_multiplier_lr,
             optimizer=config.multiplier_optimizer, negative_nll=config.negative_nll,
         ).to(device)
-        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.flow_betas or config.betas)
-        self.opt_energy = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas)
         # a recorded step keeps Adam's step counts on the device (capturable); CPU runs eagerly
-        self._graph = StepGraph(self._accumulated_step) if config.cuda_graph and device.type == "cuda" else None
-        if self._graph is not None:
-            for opt in (self.opt_flow, self.opt_energy, self.dual.opt):
-                for group in opt.param_groups if opt is not None else ():
-                    group["capturable"] = True
+        graph = config.cuda_graph and device.type == "cuda"
+        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.flow_betas or config.betas,
+                                         capturable=graph)
+        self.opt_energy = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas, capturable=graph)
+        if graph and self.dual.opt is not None:  # DualState builds its own Adam
+            self.dual.opt.param_groups[0]["capturable"] = True
+        self._graph = StepGraph(self._accumulated_step) if graph else None
         self._keys: list[str] | None = None  # step statistics, summed on the device in _acc
         self._acc: Tensor | None = None
         self.step_count = 0
