@@ -22,6 +22,15 @@ def _key(inputs: tuple[Tensor | None, ...]) -> tuple:
     return tuple(None if x is None else (x.shape, x.dtype, x.device) for x in inputs)
 
 
+class _Recording:
+    """One shape's warm-up count, recorded graph and static input buffers."""
+
+    def __init__(self) -> None:
+        self.warm = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[Tensor | None, ...] = ()
+
+
 class StepGraph:
     r"""Call ``fn(*inputs)`` as a replayed CUDA graph.
 
@@ -29,14 +38,15 @@ class StepGraph:
     optimizer states and library handles must happen outside a recording); the next call records
     ``fn`` and replays the recording at once (recording does not execute it); every later call
     copies its inputs into the recording's static buffers (unless they are those buffers) and
-    replays. Inputs of other shapes start over (warm-up, new recording); so does :meth:`reset`,
-    which must follow anything that replaces tensors the recording reads (an optimizer's
-    ``load_state_dict``, a new learning rate: plain floats are baked into the recording).
+    replays. Each input shape gets its own warm-up and recording (a data loader's ragged last
+    batch is a second shape, not a reason to record the full batch again). :meth:`reset` forgets
+    every recording; it must follow anything that replaces tensors the recordings read (an
+    optimizer's ``load_state_dict``, a new learning rate: plain floats are baked into a recording).
     Each call thus runs ``fn`` exactly once, on the device's current stream.
 
     Args:
         fn: one graph-safe training step; its return value is ignored.
-        warmup: eager calls before recording (PyTorch's examples use 3).
+        warmup: eager calls per shape before recording (PyTorch's examples use 3).
     """
 
     def __init__(self, fn: Callable[..., object], warmup: int = 3):
@@ -44,15 +54,16 @@ class StepGraph:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the recording (and its memory pool)."""
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.static: tuple[Tensor | None, ...] = ()
-        self._warm = 0
-        self._key: tuple | None = None
+        """Forget every recording (and their memory pools)."""
+        self._recordings: dict[tuple, _Recording] = {}
 
     @property
     def recorded(self) -> bool:
-        return self.graph is not None
+        return any(r.graph is not None for r in self._recordings.values())
+
+    @property
+    def num_recordings(self) -> int:
+        return sum(r.graph is not None for r in self._recordings.values())
 
     def __call__(self, *inputs: Tensor | None) -> None:
         # streams and recordings belong to the inputs' GPU, whatever the current device
@@ -60,25 +71,22 @@ class StepGraph:
             self._call(inputs)
 
     def _call(self, inputs: tuple[Tensor | None, ...]) -> None:
-        key = _key(inputs)
-        if key != self._key:
-            self.reset()
-            self._key = key
-        if self.graph is None and self._warm < self.warmup:
-            self._warm += 1
+        rec = self._recordings.setdefault(_key(inputs), _Recording())
+        if rec.graph is None and rec.warm < self.warmup:
+            rec.warm += 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self.fn(*inputs)
             torch.cuda.current_stream().wait_stream(side)
             return
-        if self.graph is None:
-            self.static = tuple(None if x is None else x.detach().clone() for x in inputs)
+        if rec.graph is None:
+            rec.static = tuple(None if x is None else x.detach().clone() for x in inputs)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self.fn(*self.static)
-            self.graph = graph
-        for buf, x in zip(self.static, inputs):
+                self.fn(*rec.static)
+            rec.graph = graph
+        for buf, x in zip(rec.static, inputs):
             if buf is not None and x.data_ptr() != buf.data_ptr():
                 buf.copy_(x)
-        self.graph.replay()
+        rec.graph.replay()

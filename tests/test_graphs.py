@@ -74,3 +74,31 @@ def test_replayed_nf_matches_eager():
         out.append((_params(nf.flow), float(nf._total)))
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-4, atol=1e-5)
     assert out[1][1] == pytest.approx(out[0][1], rel=1e-4)
+
+
+def _jeffreys_npe(graph: bool):
+    from sbi.utils import BoxUniform
+
+    from sbi_jeffreys.adapters.sbi import JeffreysNPE
+    from sbi_jeffreys.benchmark.algorithm import _NullTracker
+
+    torch.manual_seed(0)
+    prior = BoxUniform(-torch.ones(2), torch.ones(2), device="cuda")
+    theta = prior.sample((330,))
+    x = torch.cat([theta, theta.sum(-1, keepdim=True)], -1) + 0.1 * torch.randn(330, 3, device="cuda")
+    torch.manual_seed(1)
+    inference = JeffreysNPE(prior, device="cuda", show_progress_bars=False, tracker=_NullTracker())
+    # 297 training pairs in batches of 50: five full batches and a ragged one of 47 per epoch
+    inference.append_simulations(theta, x).train(training_batch_size=50, max_num_epochs=5, stop_after_epochs=100,
+                                                 num_zeta_samples=8, warm_start_steps=5, cuda_graph=graph)
+    return inference
+
+
+@cuda
+def test_replayed_jeffreys_npe_matches_eager_with_ragged_batches():
+    eager, graph = _jeffreys_npe(False), _jeffreys_npe(True)
+    assert graph._trainer._graph.num_recordings == 2 and eager._trainer._graph is None
+    for a, b in ((eager._neural_net, graph._neural_net), (eager._energy_net, graph._energy_net)):
+        torch.testing.assert_close(_params(a), _params(b), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(eager._trainer.dual.lam, graph._trainer.dual.lam, rtol=1e-4, atol=1e-6)
+    assert graph.summary["validation_loss"] == pytest.approx(eager.summary["validation_loss"], rel=1e-4, abs=1e-5)

@@ -724,3 +724,9 @@ def test_same_seed_same_numbers(x_obs):
     assert s1 == s2
     assert torch.equal(f1, f2)
     assert torch.equal(l1, l2)
+
+
+def test_cuda_graph_is_ignored_on_cpu():
+    plain, asked = train_tiny(seed=4), train_tiny(seed=4, cuda_graph=True)
+    assert asked._trainer._graph is None and asked._trainer.config.cuda_graph
+    assert asked.summary["validation_loss"] == plain.summary["validation_loss"]

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Issue 4's remaining sbibm cells on a 2-GPU host, JeffreysNPE trained with every step replayed
+# as a CUDA graph (train(cuda_graph=True): the same training as eager steps, several times faster):
+#   bash experiments/device_sbi_graph.sh RESULTS LIMIT_S
+# 1. tests/test_graphs.py (replayed = eager, JeffreysNPE with ragged batches included); if they
+#    fail, the runs below train eagerly and the 10^4 runs at JeffreysNPE's defaults are skipped;
+# 2. in the background, until LIMIT_S (sweeps resume cell by cell, so a cut run keeps its cells):
+#    glu_j10k      gaussian_linear_uniform 10^4, seed 0, obs 1-10, flow + Langevin, with the cap
+#                  of the other 10^4 cells (batch 1000, at most 150 epochs), GPU 0;
+#    j10k_defaults two_moons, gaussian_mixture 10^4, seeds 0-2, obs 1-10, flow, JeffreysNPE's own
+#                  defaults (batch 200, early stopping only): is the 10^4 loss the cap's?  GPU 1;
+#    glu_j10k_defaults  the same for gaussian_linear_uniform, seed 0, GPU 1;
+#    glu_npe_zuko_nsf   NPE with JeffreysNPE's flow on gaussian_linear_uniform 10^4, seed 0 (CPU).
+set -u
+res=$1; limit=$2
+mkdir -p "$res"
+export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1  # C2STs run as parallel processes
+python3 -m pytest -q tests/test_graphs.py 2>&1 | tee "$res/test_graphs.log" | tail -n 3
+graph=$([ "${PIPESTATUS[0]}" = 0 ] && echo true || echo false)
+echo "cuda_graph=$graph"
+if command -v nvidia-cuda-mps-control >/dev/null; then  # processes sharing a GPU run side by side
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  nvidia-cuda-mps-control -d && echo "CUDA MPS: on" || unset CUDA_MPS_PIPE_DIRECTORY
+fi
+sweep() { local name=$1 nice=$2; shift 2; setsid nohup nice -n "$nice" timeout "$limit" python3 experiments/sbi_sweep.py \
+  --no-progress --budgets 10000 --out "$res/$name" "$@" > "$res/$name.log" 2>&1 & }
+sweep glu_j10k 0 --tasks gaussian_linear_uniform --seeds 0 --methods jeffreys_npe jeffreys_npe_langevin \
+  --devices cuda:0 --c2st-jobs 20 --train-kwargs "{\"training_batch_size\":1000,\"max_num_epochs\":150,\"cuda_graph\":$graph}"
+if [ "$graph" = true ]; then
+  sweep j10k_defaults 0 --tasks two_moons gaussian_mixture --seeds 0 1 2 --methods jeffreys_npe \
+    --devices cuda:1 --jobs 6 --c2st-jobs 2 --train-kwargs '{"cuda_graph":true}'
+  sweep glu_j10k_defaults 5 --tasks gaussian_linear_uniform --seeds 0 --methods jeffreys_npe \
+    --devices cuda:1 --c2st-jobs 10 --train-kwargs '{"cuda_graph":true}'
+fi
+sweep glu_npe_zuko_nsf 10 --tasks gaussian_linear_uniform --seeds 0 --methods npe_zuko_nsf --devices cpu --c2st-jobs 10
+sleep 30; tail -n 2 "$res"/*.log; nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv
