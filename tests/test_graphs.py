@@ -88,9 +88,11 @@ def _jeffreys_npe(graph: bool):
     x = torch.cat([theta, theta.sum(-1, keepdim=True)], -1) + 0.1 * torch.randn(330, 3, device="cuda")
     torch.manual_seed(1)
     inference = JeffreysNPE(prior, device="cuda", show_progress_bars=False, tracker=_NullTracker())
-    # 297 training pairs in batches of 50: five full batches and a ragged one of 47 per epoch
+    # 297 training pairs in batches of 50: five full batches and, as sbi drops it unless told
+    # otherwise, a ragged one of 47 per epoch
     inference.append_simulations(theta, x).train(training_batch_size=50, max_num_epochs=5, stop_after_epochs=100,
-                                                 num_zeta_samples=8, warm_start_steps=5, cuda_graph=graph)
+                                                 num_zeta_samples=8, warm_start_steps=5, cuda_graph=graph,
+                                                 dataloader_kwargs={"drop_last": False})
     return inference
 
 
