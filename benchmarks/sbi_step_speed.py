@@ -4,7 +4,10 @@ Same conditional zuko NSF (sbi's ``posterior_nn("zuko_nsf")``), same batch, same
 NPE's step is sbi's maximum-likelihood loss with Adam; ours is one GDA step of the engine
 (M proposal samples per condition, FiLM EBM). Prints steps/s of both and their ratio.
 
-    python benchmarks/sbi_step_speed.py --device cuda --batch 200 --zeta-samples 16 64
+    python benchmarks/sbi_step_speed.py --device cuda --batch 200 --zeta-samples 16 64 [--cuda-graph]
+
+With ``--cuda-graph`` our step is replayed as a CUDA graph (``JeffreysNPE.train(cuda_graph=True)``);
+NPE's stays eager, as sbi's training loop runs it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ def main() -> None:
     p.add_argument("--zeta-samples", type=int, nargs="+", default=[16, 64])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cuda-graph", action="store_true", help="replay our step as a CUDA graph (CUDA only)")
     p.add_argument("--out", default=None, help="optional JSON file for the numbers")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
@@ -60,16 +64,17 @@ def main() -> None:
         opt.step()
 
     rows = {"device": a.device, "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-            "batch": a.batch, "npe_steps_per_s": time_steps(npe_step, a.steps, a.device)}
+            "batch": a.batch, "cuda_graph": a.cuda_graph and a.device.startswith("cuda"), "npe_steps_per_s": time_steps(npe_step, a.steps, a.device)}
     for m in a.zeta_samples:
         energy = energy_nn()(theta, x).to(a.device)
         for est, k in (("reparameterized", 1), ("score", None)):
-            trainer = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=m, gradient_estimator=est, num_rv_samples=k))
-            rate = time_steps(lambda: trainer.step(th, xb), a.steps, a.device)
+            config = JeffreysConfig(num_zeta_samples=m, gradient_estimator=est, num_rv_samples=k, cuda_graph=a.cuda_graph)
+            trainer = JeffreysTrainer(flow, energy, config)
+            rate = time_steps(lambda: trainer.train_step(th, xb), a.steps, a.device)
             rows[f"jeffreys_M{m}_{est}_steps_per_s"] = rate
             rows[f"jeffreys_M{m}_{est}_cost_ratio"] = rows["npe_steps_per_s"] / rate
     for key, value in rows.items():
-        print(f"{key:45s} {value if isinstance(value, str) else round(value, 3)}")
+        print(f"{key:45s} {value if isinstance(value, (str, bool)) else round(value, 3)}")
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=1)
