@@ -11,6 +11,8 @@
 #                  defaults (batch 200, early stopping only): is the 10^4 loss the cap's?  GPU 1;
 #    glu_j10k_defaults  the same for gaussian_linear_uniform, seed 0, GPU 1;
 #    glu_npe_zuko_nsf   NPE with JeffreysNPE's flow on gaussian_linear_uniform 10^4, seed 0 (CPU).
+# ONLY="glu_j10k ..." runs just the named sweeps. A 10-dimensional C2ST takes 3-7 minutes on one
+# core: poll with calls that follow each other at once, or the idle machine is given back.
 set -u
 res=$1; limit=$2
 mkdir -p "$res"
@@ -23,7 +25,7 @@ if command -v nvidia-cuda-mps-control >/dev/null; then  # processes sharing a GP
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   nvidia-cuda-mps-control -d && echo "CUDA MPS: on" || unset CUDA_MPS_PIPE_DIRECTORY
 fi
-sweep() { local name=$1 nice=$2; shift 2; setsid nohup nice -n "$nice" timeout "$limit" python3 experiments/sbi_sweep.py \
+sweep() { local name=$1 nice=$2; shift 2; [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return; setsid nohup nice -n "$nice" timeout "$limit" python3 experiments/sbi_sweep.py \
   --no-progress --budgets 10000 --out "$res/$name" "$@" > "$res/$name.log" 2>&1 & }
 sweep glu_j10k 0 --tasks gaussian_linear_uniform --seeds 0 --methods jeffreys_npe jeffreys_npe_langevin \
   --devices cuda:0 --c2st-jobs 20 --train-kwargs "{\"training_batch_size\":1000,\"max_num_epochs\":150,\"cuda_graph\":$graph}"
