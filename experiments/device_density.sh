@@ -11,17 +11,7 @@ set -u
 out=$1; limit=$2; shift 2
 gpus=(${*:-cuda:0})
 mkdir -p "$out"
-if command -v nvidia-cuda-mps-control >/dev/null && [ -z "${NO_MPS:-}" ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
-    echo "CUDA MPS: on"
-  else
-    echo quit | nvidia-cuda-mps-control; unset CUDA_MPS_PIPE_DIRECTORY; echo "CUDA MPS: failed, off"
-  fi
-else
-  echo "CUDA MPS: not available"
-fi
+source "$(dirname "$0")/start_mps.sh"
 timeout "$limit" python3 experiments/density2d.py --devices "${gpus[@]}" --cuda-graph --jobs 18 --threads 1 \
   ${DENSITY_ITERS:+--iterations $DENSITY_ITERS} \
   --datasets gmm40 ring8 grid25 moons spiral rings --seeds 0 1 2 --out "$out" > "$out.log" 2>&1

@@ -20,11 +20,7 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1  # C2STs run a
 python3 -m pytest -q tests/test_graphs.py 2>&1 | tee "$res/test_graphs.log" | tail -n 3
 graph=$([ "${PIPESTATUS[0]}" = 0 ] && echo true || echo false)
 echo "cuda_graph=$graph"
-if command -v nvidia-cuda-mps-control >/dev/null; then  # processes sharing a GPU run side by side
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  nvidia-cuda-mps-control -d && echo "CUDA MPS: on" || unset CUDA_MPS_PIPE_DIRECTORY
-fi
+source "$(dirname "$0")/start_mps.sh"
 sweep() { local name=$1 nice=$2; shift 2; [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return; setsid nohup nice -n "$nice" timeout "$limit" python3 experiments/sbi_sweep.py \
   --no-progress --budgets 10000 --out "$res/$name" "$@" > "$res/$name.log" 2>&1 & }
 sweep glu_j10k 0 --tasks gaussian_linear_uniform --seeds 0 --methods jeffreys_npe jeffreys_npe_langevin \

@@ -58,12 +58,12 @@ class StepGraph:
         self._recordings: dict[tuple, _Recording] = {}
 
     @property
-    def recorded(self) -> bool:
-        return any(r.graph is not None for r in self._recordings.values())
-
-    @property
     def num_recordings(self) -> int:
         return sum(r.graph is not None for r in self._recordings.values())
+
+    @property
+    def recorded(self) -> bool:
+        return self.num_recordings > 0
 
     def __call__(self, *inputs: Tensor | None) -> None:
         # streams and recordings belong to the inputs' GPU, whatever the current device
