@@ -1,13 +1,18 @@
-"""Steps per second of a JeffreysNPE training step vs sbi's NPE step, side by side.
+"""Cost of a JeffreysNPE training step against sbi's NPE step on the same flow, side by side.
 
-Same conditional zuko NSF (sbi's ``posterior_nn("zuko_nsf")``), same batch, same device;
-NPE's step is sbi's maximum-likelihood loss with Adam; ours is one GDA step of the engine
-(M proposal samples per condition, FiLM EBM). Prints steps/s of both and their ratio.
+For each flow (sbi model names; ``nsf`` is JeffreysNPE's default and the flow of
+``NPE(density_estimator="nsf")``), θ-dimension d and batch size, one run times
 
-    python benchmarks/sbi_step_speed.py --device cuda --batch 200 --zeta-samples 16 64 [--cuda-graph]
+* NPE's step: sbi's maximum-likelihood loss and an Adam step, eager, as sbi's loop runs it;
+* JeffreysNPE's step at its defaults (M = 16 proposals per condition, one reparameterized
+  reverse-KL sample, FiLM EBM), eager and, on CUDA, replayed as a CUDA graph;
 
-With ``--cuda-graph`` our step is replayed as a CUDA graph (``JeffreysNPE.train(cuda_graph=True)``);
-NPE's stays eager, as sbi's training loop runs it.
+and prints steps/s and the cost ratio ours/NPE (lower is better)::
+
+    python benchmarks/sbi_step_speed.py --device cuda --dims 2 10 --batches 200 1000 --out speed.json
+    python benchmarks/sbi_step_speed.py --device cpu --dims 2 10 --batches 200
+
+Time on an idle device: beside running trainings, the ratios of these small models move 2-7x.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from sbi.neural_nets import posterior_nn
 
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
 from sbi_jeffreys.nets import energy_nn
+from sbi_jeffreys.nets.flows import reparameterized
 
 
 def _sync(device: str) -> None:
@@ -28,8 +34,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_steps(step, n: int, device: str) -> float:
-    for _ in range(5):
+def time_steps(step, n: int, device: str, warmup: int = 5) -> float:
+    for _ in range(warmup):
         step()
     _sync(device)
     start = time.perf_counter()
@@ -39,22 +45,12 @@ def time_steps(step, n: int, device: str) -> float:
     return n / (time.perf_counter() - start)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=int, default=200)
-    p.add_argument("--zeta-samples", type=int, nargs="+", default=[16, 64])
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--cuda-graph", action="store_true", help="replay our step as a CUDA graph (CUDA only)")
-    p.add_argument("--out", default=None, help="optional JSON file for the numbers")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+def measure(flow_name: str, d: int, batch: int, device: str, steps: int, graph: bool) -> dict:
     torch.manual_seed(0)
-    theta = torch.rand(2000, 2) * 2 - 1
+    theta = torch.rand(4000, d) * 2 - 1
     x = theta + 0.1 * torch.randn_like(theta)
-    flow = posterior_nn("zuko_nsf")(theta, x).to(a.device)
-    th, xb = theta[: a.batch].to(a.device), x[: a.batch].to(a.device)
+    flow = reparameterized(posterior_nn(flow_name)(theta, x)).to(device)
+    th, xb = theta[:batch].to(device), x[:batch].to(device)
     opt = torch.optim.Adam(flow.parameters(), lr=5e-4)
 
     def npe_step() -> None:
@@ -63,21 +59,54 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    rows = {"device": a.device, "gpu": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
-            "batch": a.batch, "cuda_graph": a.cuda_graph and a.device.startswith("cuda"), "npe_steps_per_s": time_steps(npe_step, a.steps, a.device)}
-    for m in a.zeta_samples:
-        energy = energy_nn()(theta, x).to(a.device)
-        for est, k in (("reparameterized", 1), ("score", None)):
-            config = JeffreysConfig(num_zeta_samples=m, gradient_estimator=est, num_rv_samples=k, cuda_graph=a.cuda_graph)
-            trainer = JeffreysTrainer(flow, energy, config)
-            rate = time_steps(lambda: trainer.train_step(th, xb), a.steps, a.device)
-            rows[f"jeffreys_M{m}_{est}_steps_per_s"] = rate
-            rows[f"jeffreys_M{m}_{est}_cost_ratio"] = rows["npe_steps_per_s"] / rate
-    for key, value in rows.items():
-        print(f"{key:45s} {value if isinstance(value, (str, bool)) else round(value, 3)}")
+    row = {"flow": flow_name, "d": d, "batch": batch, "npe_steps_per_s": time_steps(npe_step, steps, device)}
+    modes = [("eager", False)] + ([("replayed", True)] if graph else [])
+    for mode, cuda_graph in modes:
+        energy = energy_nn()(theta, x).to(device)
+        config = JeffreysConfig(num_zeta_samples=16, num_rv_samples=1, zeta_constraint="per_condition",
+                                cuda_graph=cuda_graph)
+        trainer = JeffreysTrainer(flow, energy, config)
+        try:
+            rate = time_steps(lambda: trainer.train_step(th, xb), steps, device)
+        except Exception as err:  # a flow whose step cannot be recorded: say so, keep the others
+            row[f"jeffreys_{mode}_error"] = f"{type(err).__name__}: {err}"[:200]
+            continue
+        row[f"jeffreys_{mode}_steps_per_s"] = rate
+        row[f"jeffreys_{mode}_cost_ratio"] = row["npe_steps_per_s"] / rate
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--flows", nargs="+", default=["nsf"], help="sbi model names (default: nsf)")
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 10])
+    p.add_argument("--batches", type=int, nargs="+", default=[200, 1000])
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-graph", action="store_true", help="skip the replayed step on CUDA")
+    p.add_argument("--out", default=None, help="optional JSON file for the numbers")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    graph = a.device.startswith("cuda") and not a.no_graph
+    hardware = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu, {a.threads} thread(s)"
+    rows = [measure(f, d, b, a.device, a.steps, graph) for f in a.flows for d in a.dims for b in a.batches]
+    print(f"hardware: {hardware}")
+    print(f"{'flow':10s} {'d':>3s} {'batch':>6s} {'NPE/s':>8s} {'ours eager/s':>13s} {'ratio':>6s}"
+          f" {'ours replayed/s':>16s} {'ratio':>6s}")
+    for r in rows:
+        def fmt(key: str, width: int) -> str:
+            return f"{r[key]:{width}.2f}" if key in r else f"{'-':>{width}s}"
+
+        print(f"{r['flow']:10s} {r['d']:3d} {r['batch']:6d} {r['npe_steps_per_s']:8.1f} "
+              f"{fmt('jeffreys_eager_steps_per_s', 13)} {fmt('jeffreys_eager_cost_ratio', 6)} "
+              f"{fmt('jeffreys_replayed_steps_per_s', 16)} {fmt('jeffreys_replayed_cost_ratio', 6)}")
+        for key in r:
+            if key.endswith("_error"):
+                print(f"    {key}: {r[key]}")
     if a.out:
         with open(a.out, "w") as f:
-            json.dump(rows, f, indent=1)
+            json.dump({"hardware": hardware, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -101,9 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, metavar="N",
                    help="posterior samples per observation, compared with as many reference "
                         "samples (default: 10000, sbibm's)")
-    p.add_argument("--c2st", choices=("sbibm", "paper"), default="sbibm",
-                   help="sbibm: sbibm's MLP C2ST behind its tables; paper: gradient boosting, "
-                        "30%% test split (default: sbibm)")
+    p.add_argument("--c2st", choices=("sbibm", "torch", "paper"), default="sbibm",
+                   help="sbibm: sbibm's MLP C2ST behind its tables; torch: the same classifier and "
+                        "protocol, a cell's observations trained as one batched model on the sampling "
+                        "device; paper: gradient boosting, 30%% test split (default: sbibm)")
+    p.add_argument("--c2st-device", metavar="DEV",
+                   help="device of --c2st torch (default: the sampling device), e.g. cuda:0")
     p.add_argument("--max-epochs", type=int, metavar="E",
                    help="cap on training epochs, passed as train(max_num_epochs=E)")
     p.add_argument("--train-kwargs", type=_json_object, default={}, metavar="JSON",
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         torch_threads=args.torch_threads,
         sample_devices=args.sample_devices,
         c2st_jobs=args.c2st_jobs,
+        c2st_device=args.c2st_device,
         progress=not args.no_progress,
     )
     print(

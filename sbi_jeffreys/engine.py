@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_jeffreys.graphs import StepGraph
+from sbi_jeffreys.nets.ebm import refresh_spectral_norm
 from sbi_jeffreys.objective import (
     MULTIPLIERS,
     DualState,
@@ -34,7 +36,7 @@ from sbi_jeffreys.objective import (
     log_partition,
     primal_surrogate,
 )
-from sbi_jeffreys.objective.lagrangian import constraint_values
+from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
 
@@ -54,6 +56,7 @@ class JeffreysConfig:
     multiplier_optimizer: str = "sgd"
     multiplier_init: float = 0.01
     eps_zeta: float = 0.1
+    zeta_constraint: str = "box"  # B.6's batch-mean box, or "per_condition" (zeta_constraints)
     negative_nll: bool = True
     num_zeta_samples: int = 1000
     num_rv_samples: int | None = None  # None: reuse the M zeta samples (see module doc)
@@ -71,6 +74,8 @@ class JeffreysConfig:
     def __post_init__(self) -> None:
         if self.gradient_estimator not in ("reparameterized", "score"):
             raise ValueError("gradient_estimator must be 'reparameterized' or 'score'.")
+        if self.zeta_constraint not in ZETA_CONSTRAINTS:
+            raise ValueError(f"zeta_constraint must be one of {ZETA_CONSTRAINTS}, got {self.zeta_constraint!r}.")
         for name in ("flow_lr", "energy_lr", "num_zeta_samples", "zeta_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
@@ -133,6 +138,7 @@ class JeffreysTrainer:
         self.step_count = 0
         self.epoch = 0
         self.rollbacks = 0
+        self.diverged = False  # rollbacks ran out; training stopped on the best validated state
         self.history: dict[str, list[float]] = {}
         self.best: dict | None = None  # {"metric": float, "epoch": int, "flow": sd, "energy": sd}
         self._good: dict | None = None
@@ -170,7 +176,10 @@ class JeffreysTrainer:
             else:
                 with torch.no_grad():
                     y_z, logp_z = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-            log_zeta = log_partition(energy(y_z, context), logp_z)
+            f_z = energy(y_z, context)
+            log_zeta = log_partition(f_z, logp_z)
+            # per-condition score-function baseline from the separate zeta draw (independent of y)
+            baseline = None if reparam else (logp_z - f_z).detach().mean(0)
             k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
             if reparam:
                 y, logp_y = flow.sample_and_log_prob((k,), context)
@@ -180,6 +189,7 @@ class JeffreysTrainer:
                     y = flow.sample_and_log_prob((k,), context)[0]
                 logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
             f_y = energy(y, context)
+            return Terms(logp_x[0], energy(x, context)[0], logp_y, f_y, log_zeta, reparam, baseline)
         return Terms(logp_x[0], energy(x, context)[0], logp_y, f_y, log_zeta, reparam)
 
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
@@ -192,8 +202,11 @@ class JeffreysTrainer:
         cfg = self.config
         self.flow.train(), self.energy.train()
         lam = self.dual.value.clone()
+        # one power iteration per optimizer step: every energy call of this step then sees the
+        # same normalized weights (a call-by-call iteration biases every constraint)
+        refresh_spectral_norm(self.energy)
         t = self.terms(inputs, context)
-        loss = primal_surrogate(t, lam, cfg.kl_weight, cfg.score_baseline)
+        loss = primal_surrogate(t, lam, cfg.kl_weight, cfg.score_baseline, cfg.zeta_constraint, cfg.eps_zeta)
         self.opt_flow.zero_grad(set_to_none=True)
         self.opt_energy.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,7 +216,7 @@ class JeffreysTrainer:
         self.opt_flow.step()
         self.opt_energy.step()
         values = constraint_values(t, cfg.kl_weight)
-        slacks = constraint_slacks(values, lam, cfg.eps_zeta, cfg.negative_nll)
+        slacks = constraint_slacks(values, lam, cfg.eps_zeta, cfg.negative_nll, cfg.zeta_constraint)
         self.dual.ascend(slacks)
         stats = dict(values)
         stats.update({f"lambda_{n}": lam[i] for i, n in enumerate(MULTIPLIERS)})
@@ -290,18 +303,19 @@ class JeffreysTrainer:
             if validate is not None:
                 record.update(validate())
             if not self._healthy(record):
-                self._rollback(record)
-                continue
+                if self._rollback(record):
+                    continue
+                break  # rollbacks spent: the best validated state is restored below
             self._good = self._snapshot()
             record["epoch"] = float(self.epoch)
             for key, v in record.items():
                 self.history.setdefault(key, []).append(v)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("nll_p", monitor, "log_zeta") if k in record})
-            if on_log is not None:
-                on_log(self.epoch, record)
             if monitor in record and (self.best is None or record[monitor] < self.best["metric"]):
                 self.best = {"metric": record[monitor], "epoch": self.epoch,
                              "flow": _clone(self.flow.state_dict()), "energy": _clone(self.energy.state_dict())}
+            if on_log is not None:
+                on_log(self.epoch, record)
             if checkpoint is not None:
                 checkpoint(self)
             if (stop_after_epochs is not None and self.best is not None
@@ -320,16 +334,26 @@ class JeffreysTrainer:
         if not all(bool(torch.isfinite(p).all()) for p in (*self.flow.parameters(), *self.energy.parameters(), self.dual.lam)):
             record["parameters"] = float("nan")
         finite = all(math.isfinite(v) for v in record.values())
-        return finite and record.get("log_zeta", 0.0) < self.config.max_log_zeta
+        # a runaway log zeta either way (per condition, via its mean square) is a divergence too
+        bound = self.config.max_log_zeta
+        return finite and record.get("log_zeta", 0.0) < bound and record.get("log_zeta_ms", 0.0) < 4 * bound**2
 
-    def _rollback(self, record: dict[str, float]) -> None:
-        bad = {k: v for k, v in record.items() if not math.isfinite(v) or k == "log_zeta"}
+    def _rollback(self, record: dict[str, float]) -> bool:
+        """Roll back to the last good state and halve the learning rates; returns False when
+        the rollbacks are spent and a validated best state exists (training then stops on it
+        with a warning), raises :class:`TrainingDivergedError` when none ever existed."""
+        bad = {k: v for k, v in record.items() if not math.isfinite(v) or k.startswith("log_zeta")}
         if self._good is None or self.rollbacks >= self.config.max_rollbacks:
-            raise TrainingDivergedError(
-                f"Training diverged at epoch {self.epoch} (step {self.step_count}): {bad}. "
-                f"{self.rollbacks} rollback(s) already spent; lower the learning rates, raise "
-                "num_zeta_samples or use a smaller EBM temperature."
-            )
+            message = (f"Training diverged at epoch {self.epoch} (step {self.step_count}): {bad}. "
+                       f"{self.rollbacks} rollback(s) already spent")
+            if self.best is None:
+                raise TrainingDivergedError(
+                    f"{message}, and no validated state exists to fall back on; lower the learning "
+                    "rates, raise num_zeta_samples or use a smaller EBM temperature.")
+            self.diverged = True
+            warnings.warn(f"{message}; stopping with the best validated state (epoch {self.best['epoch']}, "
+                          f"{self.best['metric']:.4g}). The history up to here is kept.", RuntimeWarning, stacklevel=3)
+            return False
         self.rollbacks += 1
         good, diverged_at = self._good, self.epoch
         # halve the current rates (the snapshot's would not compound over repeated rollbacks)
@@ -338,13 +362,12 @@ class JeffreysTrainer:
         for opt, old in zip((self.opt_flow, self.opt_energy), lrs):
             for g, lr in zip(opt.param_groups, old):
                 g["lr"] = 0.5 * lr
-        import warnings
-
         warnings.warn(
             f"Divergence at epoch {diverged_at} ({bad}); rolled back to epoch {good['epoch']} "
             f"and halved the learning rates (rollback {self.rollbacks}/{self.config.max_rollbacks}).",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning, stacklevel=3,
         )
+        return True
 
     # ------------------------------------------------------------------ state
     def _snapshot(self) -> dict:
@@ -451,6 +474,7 @@ def warm_start_energy(
         c = next(contexts) if contexts is not None else None
         with torch.no_grad():
             y, logp = flow.sample_and_log_prob((num_samples if c is None else max(1, num_samples // c.shape[0]),), c)
+        refresh_spectral_norm(energy)
         loss = (energy(y, c) - logp).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -82,13 +82,13 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             name="npe_nsf",
             load=_importer("sbi.inference", "NPE"),
             init_kwargs=_frozen({"density_estimator": "nsf"}),
-            description="sbi's NPE with a neural spline flow (the estimator behind sbibm's NPE tables)",
+            description="sbi's NPE with a neural spline flow (sbibm's NPE tables; JeffreysNPE's default flow)",
         ),
         "npe_zuko_nsf": MethodSpec(
             name="npe_zuko_nsf",
             load=_importer("sbi.inference", "NPE"),
             init_kwargs=_frozen({"density_estimator": "zuko_nsf"}),
-            description="sbi's NPE with JeffreysNPE's default flow (zuko NSF): isolates the objective",
+            description="sbi's NPE with zuko's (masked-autoregressive) NSF",
         ),
         "jeffreys_npe": MethodSpec(
             name="jeffreys_npe",

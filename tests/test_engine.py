@@ -240,6 +240,47 @@ def test_nan_raises_once_rollbacks_are_exhausted():
     assert issubclass(TrainingDivergedError, RuntimeError)
 
 
+def test_rollbacks_spent_return_the_best_validated_state():
+    """Rollbacks exhausted after a validated epoch: a warning and the best state, never a NaN
+    model and never nothing; the history is kept and ``diverged`` says what happened."""
+    flow, energy = make_models(0)
+    tr = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=64, max_rollbacks=1))
+    val = DATA[:32]
+    torch.manual_seed(0)
+    poisoned = []
+
+    def poison(epoch, record):
+        if epoch >= 2:  # every epoch from the second on is poisoned again, after each rollback
+            with torch.no_grad():
+                next(flow.parameters()).fill_(float("nan"))
+            poisoned.append(epoch)
+
+    with pytest.warns(RuntimeWarning, match="stopping with the best validated state"):
+        tr.fit(make_batches(DATA, 64), 10, validate=lambda: tr.evaluate(val), on_log=poison, show_progress=False)
+    assert tr.diverged and tr.rollbacks == 1 and tr.best is not None
+    assert all(torch.isfinite(p).all() for p in list(flow.parameters()) + list(energy.parameters()))
+    assert len(tr.history["val_nll_p"]) >= 2 and math.isfinite(tr.evaluate(val)["val_nll_p"])
+
+
+def test_spectral_norm_weights_are_the_same_within_a_step():
+    """Every energy call of one training step sees the same normalized weights (torch's
+    spectral_norm re-estimates sigma on each training-mode call); the next step refreshes them."""
+    flow, energy = make_models(0)
+    tr = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=32, num_rv_samples=4))
+    probe = torch.randn(1, 7, 2)
+    seen: list[torch.Tensor] = []
+    energy.register_forward_hook(lambda m, i, o: seen.append(type(m).forward(m, probe).detach().clone()))
+    torch.manual_seed(0)
+    per_step = []
+    for _ in range(3):
+        seen.clear()
+        tr.step(DATA[:64])
+        assert len(seen) >= 3  # zeta samples, reverse-KL samples and data
+        assert all(torch.equal(v, seen[0]) for v in seen), [float((v - seen[0]).abs().max()) for v in seen]
+        per_step.append(seen[0])
+    assert not torch.equal(per_step[0], per_step[1])  # the weights (and their sigma) move between steps
+
+
 def test_runaway_zeta_guard():
     flow, energy = make_models(0)
     tr = JeffreysTrainer(flow, energy, JeffreysConfig(num_zeta_samples=64, max_log_zeta=20.0, max_rollbacks=1))

@@ -18,6 +18,8 @@ from sbi_jeffreys.objective import (
     nll_shift,
     primal_surrogate,
     relaxation,
+    score_baseline,
+    zeta_constraints,
 )
 from sbi_jeffreys.objective.lagrangian import constraint_values
 
@@ -158,16 +160,20 @@ def _terms_psi(conditional: bool, reparameterized: bool, seed: int = 0):
 @pytest.mark.parametrize("reparameterized", [True, False])
 @pytest.mark.parametrize("negative_nll", [True, False])
 @pytest.mark.parametrize("kl_weight", [1.0, 0.5])
-def test_psi_gradient_of_surrogate_equals_lagrangian(conditional, reparameterized, negative_nll, kl_weight):
+@pytest.mark.parametrize("zeta_constraint", ["box", "per_condition"])
+def test_psi_gradient_of_surrogate_equals_lagrangian(conditional, reparameterized, negative_nll, kl_weight,
+                                                     zeta_constraint):
     t, params = _terms_psi(conditional, reparameterized)
-    lag = lagrangian_value(t, LAM.double(), eps_zeta=0.1, negative_nll=negative_nll, kl_weight=kl_weight)
+    lag = lagrangian_value(t, LAM.double(), eps_zeta=0.1, negative_nll=negative_nll, kl_weight=kl_weight,
+                           zeta_constraint=zeta_constraint)
     ref = _grads(lag, params)
     for baseline in (True, False):
-        sur = primal_surrogate(t, LAM.double(), kl_weight=kl_weight, baseline=baseline)
+        sur = primal_surrogate(t, LAM.double(), kl_weight=kl_weight, baseline=baseline,
+                               zeta_constraint=zeta_constraint, eps_zeta=0.1)
         _assert_grads_close(_grads(sur, params), ref)
     # sanity: the comparison is sensitive to swapping two multipliers
     swapped = LAM.double()[[0, 2, 1, 3, 4]]
-    bad = _grads(primal_surrogate(t, swapped, kl_weight=kl_weight), params)
+    bad = _grads(primal_surrogate(t, swapped, kl_weight=kl_weight, zeta_constraint=zeta_constraint), params)
     assert any(not torch.allclose(a, b) for a, b in zip(bad, ref) if a is not None)
 
 
@@ -288,28 +294,75 @@ def test_theta_gradient_estimators_unbiased_on_gaussian(kl_weight):
     assert variances[("reparameterized", True)] < 0.5 * variances[("score", True)]
 
 
-def test_score_baseline_unbiased_with_one_sample_per_condition():
-    """K = 1 per condition (the conditional engine's default): the baseline is taken across
-    conditions; with a single sample overall it must not zero the gradient."""
-    x = torch.tensor([0.1, 0.9], dtype=torch.float64)
+def _one_sample_grads(lam, offsets, baseline: str, m=16, seed=0):
+    """K = 1 reverse-KL sample per condition (the conditional engine's default), R = len(offsets)
+    conditions whose proxies differ by a constant offset (f_c = f + o_c, i.e. log zeta_c = ...
+    + o_c). Returns per-condition gradients (R, 2) with the baseline ``"none"``, ``"pooled"``
+    (the former leave-one-out over *other* conditions) or ``"per_condition"`` (mean of
+    log p - f over the condition's own M separate zeta-samples)."""
+    torch.manual_seed(seed)
+    r = offsets.shape[0]
+    model = Gauss1D(M0, LOG_S0, r)
+    with torch.no_grad():
+        y = model.sample_and_log_prob((1,))[0]
+        y_z, logp_z = model.sample_and_log_prob((m,))
+    logp_y = model.log_prob(y)
+    f_y = _f(y) + offsets
+    rv_baseline = (logp_z - (_f(y_z) + offsets)).mean(0) if baseline == "per_condition" else None
+    log_zeta = math.log(math.sqrt(2 * math.pi) * B) + offsets
+    zero = torch.zeros(1, dtype=torch.float64)
+    t = Terms(zero, zero, logp_y, f_y, log_zeta, False, rv_baseline)
+    if baseline == "pooled":
+        a = (logp_y - f_y).detach()
+        adv = (a - a.mean()) * (r / (r - 1))
+        sur = lam[1] * (adv * logp_y).mean()
+    else:
+        sur = primal_surrogate(t, lam, baseline=baseline != "none")
+    gm, gs = torch.autograd.grad(sur, (model.m, model.log_s))
+    return torch.stack([gm, gs], dim=-1) * r
+
+
+def test_score_baseline_per_condition_is_unbiased_and_cuts_variance():
+    """Conditions with different offsets log zeta_c: a pooled baseline carries each offset
+    into the advantage (unbiased, huge variance); the per-condition baseline from the
+    condition's own zeta-samples removes it."""
     lam = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
-    _, true_rv = _closed_form_grad(x, lam, 1.0)
-    # R = 8000 columns, one sample each: baseline over the batch of 8000 conditions
-    g = _per_replicate_grads("score", True, lam, 1.0, x, k=1, r=8000, seed=5)
-    assert torch.all((g.mean(0) - true_rv).abs() < 4 * g.std(0) / math.sqrt(8000))
-    # one sample, one condition: a baseline equal to the sample itself would zero everything
-    g1 = torch.stack([_per_replicate_grads("score", True, lam, 1.0, x, k=1, r=1, seed=s)[0] for s in range(200)])
-    assert g1.abs().sum() > 0
+    _, true_rv = _closed_form_grad(torch.zeros(1, dtype=torch.float64), lam, 1.0)
+    offsets = 5.0 * torch.randn(8000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    variances = {}
+    for kind in ("none", "pooled", "per_condition"):
+        g = _one_sample_grads(lam, offsets, kind, seed=5)
+        se = g.std(0) / math.sqrt(g.shape[0])
+        assert torch.all((g.mean(0) - true_rv).abs() < 4 * se), (kind, g.mean(0), true_rv, se)
+        variances[kind] = float(g.var(0).sum())
+    assert variances["per_condition"] < 0.2 * variances["pooled"], variances
+    assert variances["per_condition"] < 0.2 * variances["none"], variances
+    # power: the per-condition estimate resolves the true gradient to within 10%
+    g = _one_sample_grads(lam, offsets, "per_condition", seed=6)
+    assert torch.all(g.std(0) / math.sqrt(g.shape[0]) < 0.1 * true_rv.abs())
+
+
+def test_score_baseline_without_per_condition_source():
+    """K = 1 and no separate draw: no baseline at all (never one pooled over conditions); with
+    K > 1 the leave-one-out mean of the same condition."""
+    a = torch.tensor([[1.0, 10.0]])
+    assert torch.equal(score_baseline(a), torch.zeros_like(a))
+    a = torch.tensor([[1.0, 10.0], [3.0, 20.0], [5.0, 60.0]])
+    expected = torch.tensor([[4.0, 40.0], [3.0, 35.0], [2.0, 15.0]])
+    assert torch.allclose(score_baseline(a), expected)
+    assert torch.equal(score_baseline(a, torch.tensor([7.0, 8.0])), torch.tensor([[7.0, 8.0]] * 3))
 
 
 # --------------------------------------------------------------------------- 4. dual ascent (eq. 19)
 def _values(nll_p, kl, nll_q, zeta):
     return {k: torch.tensor(float(v)) for k, v in
-            dict(nll_p=nll_p, kl=kl, nll_q=nll_q, zeta=zeta, log_zeta=math.log(zeta)).items()}
+            dict(nll_p=nll_p, kl=kl, nll_q=nll_q, zeta=zeta, log_zeta=math.log(zeta),
+                 log_zeta_ms=math.log(zeta) ** 2).items()}
 
 
+@pytest.mark.parametrize("zeta_constraint", ["box", "per_condition"])
 @pytest.mark.parametrize("negative_nll", [True, False])
-def test_slacks_are_lambda_gradient_of_lagrangian(negative_nll):
+def test_slacks_are_lambda_gradient_of_lagrangian(negative_nll, zeta_constraint):
     """Envelope theorem: with eps, delta at their closed forms, dL/dlambda = the slacks."""
     torch.manual_seed(0)
     c, k, n = 3, 4, 3
@@ -318,8 +371,8 @@ def test_slacks_are_lambda_gradient_of_lagrangian(negative_nll):
               0.3 * torch.randn(c, dtype=torch.float64), True)
     lam = LAM.double().clone().requires_grad_()
     for w in (1.0, 0.5):
-        (g,) = torch.autograd.grad(lagrangian_value(t, lam, 0.1, negative_nll, kl_weight=w), lam)
-        slacks = constraint_slacks(constraint_values(t, w), LAM.double(), 0.1, negative_nll)
+        (g,) = torch.autograd.grad(lagrangian_value(t, lam, 0.1, negative_nll, w, zeta_constraint), lam)
+        slacks = constraint_slacks(constraint_values(t, w), LAM.double(), 0.1, negative_nll, zeta_constraint)
         assert torch.allclose(g, slacks, atol=1e-10)
 
 
@@ -384,3 +437,36 @@ def test_zeta_slack_signs_and_lower_multiplier():
 def test_dual_state_rejects_unknown_optimizer():
     with pytest.raises(ValueError, match="optimizer"):
         DualState(optimizer="rmsprop")
+
+
+# --------------------------------------------------------------------------- 5. per-condition zeta
+def test_per_condition_zeta_pulls_every_condition_even_underflowed():
+    """B.6's box sees only the batch mean: offsets that cancel are invisible to it and an
+    underflowed zeta_c (log zeta_c = -100) gets no gradient. The per-condition form sees both."""
+    log_zeta = torch.tensor([-100.0, 3.0, -3.0], dtype=torch.float64, requires_grad=True)
+    lam = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+
+    def grad(kind):
+        g = zeta_constraints(log_zeta.exp().mean(), log_zeta.pow(2).mean(), 0.1, kind)
+        return torch.autograd.grad((lam[3:] * g).sum(), log_zeta)[0]
+
+    box, per = grad("box"), grad("per_condition")
+    assert abs(float(box[0])) < 1e-40  # the underflowed condition is invisible to the box
+    assert per[0] < 0 and per[1] > 0 and per[2] < 0  # descent moves each log zeta_c towards 0
+    assert torch.allclose(per, 2 * log_zeta.detach() / 3)
+
+
+def test_per_condition_zeta_multiplier_is_bounded():
+    """The multiplier of the per-condition form rises while conditions are off and falls back to
+    its floor once they are normalized; lambda_lower has no constraint and never moves."""
+    dual = DualState(init=0.0, zeta_lr=0.1, negative_nll=False)
+    off = _values(0, 0, 0, zeta=1.0) | {"log_zeta_ms": torch.tensor(4.0)}
+    for _ in range(10):
+        dual.ascend(constraint_slacks(off, dual.value, 0.1, False, "per_condition"))
+    assert dual.value[3] > 0.3 and dual.value[4] == 0
+    ok = _values(0, 0, 0, zeta=1.0) | {"log_zeta_ms": torch.tensor(0.0)}
+    for _ in range(2000):
+        dual.ascend(constraint_slacks(ok, dual.value, 1.0, False, "per_condition"))
+    assert dual.value[3] == 0 and dual.value[4] == 0
+    with pytest.raises(ValueError, match="zeta constraint"):
+        zeta_constraints(torch.tensor(1.0), torch.tensor(0.0), 0.1, "median")

@@ -1,10 +1,11 @@
 r"""``JeffreysNPE``: neural posterior estimation by adaptive symmetrization of the KL (App. B.6).
 
-A conditional flow :math:`p_\theta(\theta\mid x)` (sbi's zuko NSF with sbi's z-scoring and
-embedding nets) and a FiLM-conditioned EBM :math:`f_\psi(\theta, x)` are trained by the
+A conditional flow :math:`p_\theta(\theta\mid x)` (by default sbi's coupling NSF, the flow of
+``NPE(density_estimator="nsf")``, with sbi's z-scoring and embedding nets) and a FiLM-conditioned EBM :math:`f_\psi(\theta, x)` are trained by the
 engine's gradient descent-ascent, with per-condition partition functions
 :math:`\zeta(x_i)` estimated from :math:`p_\theta(\cdot\mid x_i)` for every condition of the
-batch in one vectorized call, and the box constraint on their batch average (B.6).
+batch in one vectorized call, each kept near 1 by a per-condition constraint (or B.6's box on
+their batch average).
 Everything else is sbi's: ``append_simulations`` and its invalid-x handling, the
 train/validation split, the tracker, and ``DirectPosterior`` for ``sample_with="flow"``.
 """
@@ -26,21 +27,22 @@ from torch.distributions import Distribution
 from sbi_jeffreys.adapters.posterior import LangevinPosterior
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, warm_start_energy
 from sbi_jeffreys.nets.ebm import energy_nn
+from sbi_jeffreys.nets.flows import reparameterized
 
 #: The paper's App. D.4 settings, a documented preset (``JeffreysNPE(...).train(**PAPER_D4)``).
 PAPER_D4: dict[str, Any] = dict(
     training_batch_size=1000, learning_rate=1e-4, energy_learning_rate=1e-5,
     multiplier_learning_rate=1e-6, zeta_multiplier_learning_rate=1e-2, multiplier_optimizer="sgd",
-    eps_zeta=30.0, negative_nll=True, multiplier_init=0.01, gradient_estimator="score",
+    eps_zeta=30.0, zeta_constraint="box", negative_nll=True, multiplier_init=0.01, gradient_estimator="score",
     flow_betas=(0.0, 0.9), energy_betas=(0.0, 0.9),
 )
 
 #: Our defaults for the dual's own options (chosen by the measurements in experiments/).
 DEFAULTS: dict[str, Any] = dict(
     energy_learning_rate=5e-4, multiplier_learning_rate=1e-3, zeta_multiplier_learning_rate=1e-2,
-    multiplier_optimizer="sgd", multiplier_init=0.01, eps_zeta=1.0, negative_nll=True,
-    num_zeta_samples=16, num_rv_samples=1, gradient_estimator="reparameterized", temperature_weighted_kl=False,
-    warm_start_steps=100, flow_betas=(0.9, 0.999),
+    multiplier_optimizer="sgd", multiplier_init=0.01, eps_zeta=1.0, zeta_constraint="per_condition",
+    negative_nll=True, num_zeta_samples=16, num_rv_samples=1, gradient_estimator="reparameterized",
+    temperature_weighted_kl=False, warm_start_steps=100, flow_betas=(0.9, 0.999),
 )
 
 
@@ -56,9 +58,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
 
     Args:
         prior: the prior (a torch distribution on ``device``).
-        density_estimator: ``"zuko_nsf"`` (any sbi model name) or a builder
-            ``(theta, x) -> ConditionalDensityEstimator`` (e.g. ``sbi.neural_nets.posterior_nn``)
-            whose estimator samples with gradients (zuko-based ones do).
+        density_estimator: ``"nsf"`` (the default: sbi's coupling NSF, the flow of NPE's
+            ``density_estimator="nsf"``; any sbi model name works) or a builder
+            ``(theta, x) -> ConditionalDensityEstimator`` (e.g. ``sbi.neural_nets.posterior_nn``).
+            nflows-based estimators get a correct reparameterized ``sample_and_log_prob``
+            (:func:`sbi_jeffreys.nets.flows.reparameterized`); zuko-based ones have one.
         energy_estimator: ``"film_resnet"`` or a builder ``(theta, x) -> nn.Module`` mapping
             ``(S, B, d)`` parameters and ``(B, k)`` conditions to ``(S, B)`` log-unnormalized
             densities (see :func:`sbi_jeffreys.nets.energy_nn`).
@@ -68,7 +72,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
     def __init__(
         self,
         prior: Distribution | None = None,
-        density_estimator: str | Callable = "zuko_nsf",
+        density_estimator: str | Callable = "nsf",
         energy_estimator: str | Callable = "film_resnet",
         device: str = "cpu",
         logging_level: int | str = "WARNING",
@@ -79,6 +83,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         super().__init__(prior=prior, density_estimator=density_estimator, device=device,
                          logging_level=logging_level, summary_writer=summary_writer, tracker=tracker,
                          show_progress_bars=show_progress_bars)
+        # the engine draws reparameterized samples for many conditions at once: sbi's nflows
+        # estimators need their sample_and_log_prob fixed for that (nets.flows.reparameterized)
+        build_flow = self._build_neural_net
+        self._build_neural_net = lambda theta, x: reparameterized(build_flow(theta, x))
         self._build_energy = energy_nn(energy_estimator) if isinstance(energy_estimator, str) else energy_estimator
         self._energy_net: nn.Module | None = None
         self._trainer: JeffreysTrainer | None = None
@@ -140,6 +148,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         multiplier_optimizer: Literal["sgd", "adam"] = DEFAULTS["multiplier_optimizer"],
         multiplier_init: float = DEFAULTS["multiplier_init"],
         eps_zeta: float = DEFAULTS["eps_zeta"],
+        zeta_constraint: Literal["box", "per_condition"] = DEFAULTS["zeta_constraint"],
         negative_nll: bool = DEFAULTS["negative_nll"],
         num_zeta_samples: int = DEFAULTS["num_zeta_samples"],
         num_rv_samples: int | None = DEFAULTS["num_rv_samples"],
@@ -159,11 +168,13 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         multipliers move (the Lagrangian is not), and equals NPE's validation loss, so both
         stop by the same rule. The dual's own options: ``energy_learning_rate`` (ψ),
         ``multiplier_learning_rate`` (λ_fw, λ_rv, λ_prx), ``zeta_multiplier_learning_rate``,
-        ``multiplier_optimizer``, ``multiplier_init``, ``eps_zeta`` (ζ box), ``negative_nll`` (B.7),
+        ``multiplier_optimizer``, ``multiplier_init``, ``eps_zeta`` (ζ box), ``zeta_constraint``
+        (``"per_condition"``: every condition's log ζ near 0; ``"box"``: B.6's batch mean), ``negative_nll`` (B.7),
         ``num_zeta_samples`` (M per condition), ``num_rv_samples`` (reverse-KL samples per
         condition; ``None`` reuses the M ζ-samples), ``gradient_estimator``,
         ``temperature_weighted_kl`` (eq. 22 with the EBM's temperature),
-        ``warm_start_steps`` (B.8 warm start of :math:`f_\psi` onto :math:`\log p_\theta`),
+        ``warm_start_steps`` (B.8 warm start of :math:`f_\psi` onto :math:`\log p_\theta`, at most
+        ten epochs' worth of batches),
         ``flow_betas`` / ``energy_betas`` (Adam; the flow defaults to torch's, as NPE, the EBM to
         the paper's (0, 0.9)). ``cuda_graph=True`` replays each training step as a CUDA graph
         (:mod:`sbi_jeffreys.graphs`): the same training, without the host's launch cost, which
@@ -188,15 +199,19 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             config = JeffreysConfig(
                 flow_lr=learning_rate, energy_lr=energy_learning_rate, multiplier_lr=multiplier_learning_rate,
                 zeta_multiplier_lr=zeta_multiplier_learning_rate, multiplier_optimizer=multiplier_optimizer,
-                multiplier_init=multiplier_init, eps_zeta=eps_zeta, negative_nll=negative_nll,
+                multiplier_init=multiplier_init, eps_zeta=eps_zeta, zeta_constraint=zeta_constraint,
+                negative_nll=negative_nll,
                 num_zeta_samples=num_zeta_samples, num_rv_samples=num_rv_samples, gradient_estimator=gradient_estimator,
                 kl_weight=temperature if temperature_weighted_kl else 1.0, clip_max_norm=clip_max_norm,
                 betas=tuple(energy_betas), flow_betas=tuple(flow_betas), cuda_graph=cuda_graph,
             )
             self._trainer = JeffreysTrainer(flow, energy, config)
             if warm_start_steps > 0 and fresh:
-                warm_start_energy(flow, energy, self._contexts(train_loader), steps=warm_start_steps,
-                                  num_samples=training_batch_size * num_zeta_samples)
+                # scale with the data (at most 10 epochs' worth of batches, 4 samples per condition)
+                # so that a small run pays no fixed cost for it
+                steps = min(warm_start_steps, 10 * max(1, len(train_loader)))
+                warm_start_energy(flow, energy, self._contexts(train_loader), steps=steps,
+                                  num_samples=training_batch_size * 4)
 
         val_theta = theta_all[self.val_indices].to(self._device)
         val_x = x_all[self.val_indices].to(self._device)
@@ -228,6 +243,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self._summary["best_validation_loss"].append(best)
         self._summary.setdefault("train_seconds", []).append(time.time() - start)
         self._summary.setdefault("num_excluded_simulations", []).append(getattr(self, "_num_excluded", 0))
+        self._summary.setdefault("diverged", []).append(trainer.diverged)
         self._best_val_loss = best
         self._tracker.flush()
         if show_train_summary:

@@ -212,6 +212,7 @@ class Unit:
     torch_threads: Optional[int] = 1
     sample_device: Optional[str] = None
     c2st_jobs: int = 1
+    c2st_device: Optional[str] = None  # where c2st="torch" trains its classifiers
 
     def keys(self) -> list[Key]:
         return [
@@ -262,6 +263,7 @@ def plan_units(
     torch_threads: Optional[int] = 1,
     sample_devices: Optional[Sequence[str]] = None,
     c2st_jobs: int = 1,
+    c2st_device: Optional[str] = None,
 ) -> tuple[list[Unit], int]:
     """Validate the grid and return ``(units still to run, number of units skipped)``.
 
@@ -327,6 +329,7 @@ def plan_units(
                             sample_device=(str(sample_devices[len(todo) % len(sample_devices)])
                                            if sample_devices else None),
                             c2st_jobs=int(c2st_jobs),
+                            c2st_device=c2st_device,
                         )
                     )
     return todo, skipped
@@ -407,7 +410,9 @@ def _run_unit(unit: Unit) -> UnitResult:
         except Exception:
             errors[method] = traceback.format_exc()
     jobs = [(unit.task, row["observation"], unit.num_samples, unit.c2st, unit.seed, samples) for row, samples in drawn]
-    if unit.c2st_jobs > 1 and len(jobs) > 1:
+    if unit.c2st == "torch" and jobs:
+        scores = _score_batched(jobs, unit.c2st_device or unit.sample_device or unit.device)
+    elif unit.c2st_jobs > 1 and len(jobs) > 1:
         from joblib import Parallel, delayed
 
         scores = Parallel(n_jobs=unit.c2st_jobs, backend="loky")(delayed(_score)(*job) for job in jobs)
@@ -423,6 +428,22 @@ def _run_unit(unit: Unit) -> UnitResult:
         rows.append(row)
     failed = set(errors)
     return UnitResult(unit, [r for r in rows if r["method"] not in failed], errors)
+
+
+def _score_batched(jobs, device: str) -> list[tuple[float, float, Optional[str]]]:
+    """All of a unit's C2STs as one batched model (``c2st="torch"``) on ``device``; the time is
+    shared out evenly. Failures fail every job of the batch, with the traceback."""
+    from sbi_jeffreys.benchmark.c2st_torch import c2st_batched
+
+    try:
+        start = time.perf_counter()
+        pairs = [(get_task(task).get_reference_posterior_samples(num_observation=obs)[:n], samples)
+                 for task, obs, n, _, _, samples in jobs]
+        scores = c2st_batched(pairs, device=device)
+        seconds = (time.perf_counter() - start) / len(jobs)
+        return [(score, seconds, None) for score in scores]
+    except Exception:
+        return [(math.nan, 0.0, traceback.format_exc())] * len(jobs)
 
 
 def _score(task_name: str, observation: int, num_samples: int, c2st: str, seed: int, samples):
@@ -507,6 +528,7 @@ def run_sweep(
     torch_threads: Optional[int] = 1,
     sample_devices: Optional[Sequence[str]] = None,
     c2st_jobs: int = 1,
+    c2st_device: Optional[str] = None,
     progress: bool = True,
     summarize: bool = True,
 ) -> SweepReport:
@@ -517,7 +539,8 @@ def run_sweep(
             :data:`~sbi_jeffreys.benchmark.tasks.TASKS` and the method registry).
         out: output folder for ``results.csv``, ``summary.csv``, ``c2st_vs_budget.png``.
         num_samples: posterior samples per observation (and reference samples compared).
-        c2st: ``"sbibm"`` or ``"paper"``.
+        c2st: ``"sbibm"``, ``"torch"`` (sbibm's classifier, a unit's tests batched on
+            ``c2st_device``) or ``"paper"``.
         train_kwargs: passed to every method's ``train`` (e.g. ``{"max_num_epochs": 50}``).
         method_kwargs: passed to every method's constructor.
         devices: assigned round-robin to the units.
@@ -533,6 +556,7 @@ def run_sweep(
             on a GPU is the fastest split for these small networks.
         c2st_jobs: processes scoring one unit's C2STs in parallel (each unit scores
             observations x methods C2STs, tens of seconds each).
+        c2st_device: where ``c2st="torch"`` trains (default: the unit's sampling device).
         progress: show a tqdm bar over units.
         summarize: write ``summary.csv`` and the figure at the end.
     """
@@ -548,7 +572,7 @@ def run_sweep(
         tasks, budgets, seeds, observations, methods,
         finished=store.finished(), devices=devices, num_samples=num_samples, c2st=c2st,
         train_kwargs=train_kwargs, method_kwargs=method_kwargs, torch_threads=torch_threads,
-        sample_devices=sample_devices, c2st_jobs=c2st_jobs,
+        sample_devices=sample_devices, c2st_jobs=c2st_jobs, c2st_device=c2st_device,
     )
     _check_config(out, {
         "num_samples": int(num_samples),

@@ -9,11 +9,52 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
+
+
+class SpectralLinear(nn.Linear):
+    r"""A linear layer with spectral normalization :math:`W / \hat\sigma(W)`, where
+    :math:`\hat\sigma = u^\top W v` and the singular-vector estimates :math:`u, v` move only
+    when :meth:`power_iteration` is called (Miyato et al., 2018).
+
+    torch's ``spectral_norm`` runs one power iteration on *every* training-mode call, so the
+    several energy calls of one training step (ζ samples, reverse-KL samples, data) would see
+    several different scalings of the same weights, which biases every constraint of eq. 11.
+    Here the trainer calls :func:`refresh_spectral_norm` once per optimizer step; every call
+    in between evaluates the same normalized weights, in training and evaluation mode alike.
+
+    >>> layer = SpectralLinear(3, 4)
+    >>> x = torch.randn(5, 3)
+    >>> bool((layer(x) == layer(x)).all())
+    True
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init_iterations: int = 15):
+        super().__init__(in_features, out_features, bias=bias)
+        self.register_buffer("_u", nn.functional.normalize(torch.randn(out_features), dim=0))
+        self.register_buffer("_v", nn.functional.normalize(torch.randn(in_features), dim=0))
+        for _ in range(init_iterations):
+            self.power_iteration()
+
+    @torch.no_grad()
+    def power_iteration(self) -> None:
+        """One power-iteration step of the singular vectors (in place: safe in a CUDA graph)."""
+        self._v.copy_(nn.functional.normalize(self.weight.t() @ self._u, dim=0, eps=1e-12))
+        self._u.copy_(nn.functional.normalize(self.weight @ self._v, dim=0, eps=1e-12))
+
+    def forward(self, x: Tensor) -> Tensor:
+        sigma = torch.dot(self._u, self.weight @ self._v)  # differentiable in W, u and v fixed
+        return nn.functional.linear(x, self.weight / sigma, self.bias)
+
+
+def refresh_spectral_norm(module: nn.Module) -> None:
+    """One power iteration in every :class:`SpectralLinear` of ``module`` (once per optimizer step)."""
+    for m in module.modules():
+        if isinstance(m, SpectralLinear):
+            m.power_iteration()
 
 
 def _sn_linear(i: int, o: int) -> nn.Module:
-    return spectral_norm(nn.Linear(i, o))
+    return SpectralLinear(i, o)
 
 
 class Standardize(nn.Module):
@@ -97,6 +138,7 @@ class FiLMBlock(nn.Module):
         nn.init.ones_(self.gamma[-1].bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        # gamma(c), beta(c) are (C, width): computed once per condition, broadcast over samples
         return nn.functional.silu(self.alpha * x + self.gamma(c) * self.inner(x) + self.beta(c))
 
 
@@ -138,7 +180,6 @@ class FiLMResidualEnergy(nn.Module):
             raise ValueError("FiLMResidualEnergy is conditional: pass a condition of shape (C, k).")
         c = self.embedding_net(self.standardize_context(condition))
         h = self.stem(self.standardize_input(inputs))
-        c = c.expand(*h.shape[:-1], c.shape[-1])
         for block in self.blocks:
             h = block(h, c)
         return self.head(h).squeeze(-1) / self.temperature

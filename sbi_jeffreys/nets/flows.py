@@ -6,8 +6,11 @@ The engine talks to every flow through sbi's ``ConditionalDensityEstimator`` con
 * ``sample(shape, condition)`` / ``sample_and_log_prob(shape, condition)`` return
   ``(*shape, C, d)`` (and ``(*shape, C)``), the latter differentiable (reparameterized).
 
-Conditional flows come straight from ``sbi.neural_nets.posterior_nn(model="zuko_nsf")``
-(z-scoring and embedding nets included). :class:`UnconditionalFlow` gives an unconditional
+Conditional flows come straight from ``sbi.neural_nets.posterior_nn`` (z-scoring and
+embedding nets included). sbi's nflows estimators (``"nsf"``, ``"maf"``) return
+``sample_and_log_prob`` in nflows' ``(C, S)`` order reshaped as if it were ``(S, C)``, which
+mixes conditions whenever ``C > 1``; :func:`reparameterized` swaps in
+:class:`ReparameterizedNFlowsFlow`, which orders them right (and keeps the gradients). :class:`UnconditionalFlow` gives an unconditional
 zuko NSF the same interface with ``condition=None`` and a single "condition" ``C = 1``.
 """
 
@@ -17,6 +20,7 @@ from typing import Sequence
 
 import torch
 import zuko
+from sbi.neural_nets.estimators import NFlowsFlow
 from torch import Tensor, nn
 
 
@@ -65,3 +69,24 @@ class UnconditionalFlow(nn.Module):
     def sample(self, sample_shape: Sequence[int], condition: Tensor | None = None) -> Tensor:
         with torch.no_grad():
             return self.sample_and_log_prob(sample_shape, condition)[0]
+
+
+class ReparameterizedNFlowsFlow(NFlowsFlow):
+    """sbi's ``NFlowsFlow`` whose ``sample_and_log_prob`` returns ``(*shape, C, d)`` samples and
+    ``(*shape, C)`` log-densities in the right order, differentiable in the flow's parameters
+    (the base noise is drawn, then pushed through the inverse transform)."""
+
+    def sample_and_log_prob(self, sample_shape: Sequence[int], condition: Tensor, **kwargs) -> tuple[Tensor, Tensor]:
+        shape = torch.Size(sample_shape)
+        samples, log_probs = self.net.sample_and_log_prob(shape.numel(), context=condition)  # (C, S, d), (C, S)
+        samples = samples.transpose(0, 1).reshape(*shape, condition.shape[0], *self.input_shape)
+        return samples, log_probs.transpose(0, 1).reshape(*shape, condition.shape[0])
+
+
+def reparameterized(estimator: nn.Module) -> nn.Module:
+    """``estimator`` with a correct, differentiable ``sample_and_log_prob``: sbi's nflows
+    estimators become :class:`ReparameterizedNFlowsFlow` (same network, same parameters);
+    others (zuko's already are) are returned as they are."""
+    if isinstance(estimator, NFlowsFlow) and not isinstance(estimator, ReparameterizedNFlowsFlow):
+        return ReparameterizedNFlowsFlow(estimator.net, estimator.input_shape, estimator.condition_shape)
+    return estimator

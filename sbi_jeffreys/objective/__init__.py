@@ -8,10 +8,13 @@ from sbi_jeffreys.objective.lagrangian import (
     primal_surrogate,
     relaxation,
     nll_shift,
+    score_baseline,
+    zeta_constraints,
 )
 from sbi_jeffreys.objective.partition import log_partition
 
 __all__ = [
     "DualState", "MULTIPLIERS", "Terms", "constraint_slacks", "lagrangian_value",
-    "primal_surrogate", "relaxation", "nll_shift", "log_partition",
+    "primal_surrogate", "relaxation", "nll_shift", "log_partition", "score_baseline",
+    "zeta_constraints",
 ]

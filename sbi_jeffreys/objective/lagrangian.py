@@ -14,10 +14,15 @@ with :math:`\mathrm{KL} = \frac1{KC}\sum [\log p_\theta(y) - f_\psi(y) + \log\ze
 :math:`\log\zeta`, B.6), :math:`\bar\zeta` the mean of the per-condition :math:`\zeta_c`, and
 :math:`w = T` for the temperature-weighted KL of eq. 22 (else 1). Without B.7, the δ terms
 vanish. Writing out eq. 11 shows the paper's "log f_ψ" is f_ψ (DESIGN §8).
+
+The ζ constraint has two forms (:func:`zeta_constraints`): the paper's box on the batch
+mean (B.6, ``"box"``) and a per-condition form (``"per_condition"``) that keeps every
+condition's :math:`\log\zeta_c` near 0.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -47,6 +52,9 @@ class Terms:
             differentiable in ψ only (eq. 12).
         reparameterized: whether ``y`` carries θ-gradients (rsample) or is a stop-gradient
             sample (score-function form of eqs. 16-18).
+        rv_baseline: optional per-condition baseline ``(C,)`` for the score-function
+            estimator, independent of the reverse-KL samples (e.g. the mean of
+            :math:`\log p_\theta - f_\psi` over the condition's separate ζ-samples).
     """
 
     logp_data: Tensor
@@ -55,6 +63,7 @@ class Terms:
     f_rv: Tensor
     log_zeta: Tensor
     reparameterized: bool
+    rv_baseline: Tensor | None = None
 
     def data_log_zeta(self) -> Tensor:
         """log ζ of each data point's own condition (broadcasts for ``C = 1``)."""
@@ -71,11 +80,48 @@ def constraint_values(t: Terms, kl_weight: float = 1.0) -> dict[str, Tensor]:
             "nll_q": (-t.f_data + t.data_log_zeta()).mean(),
             "zeta": t.log_zeta.exp().mean(),
             "log_zeta": t.log_zeta.mean(),
+            "log_zeta_ms": t.log_zeta.pow(2).mean(),
         }
 
 
+ZETA_CONSTRAINTS = ("box", "per_condition")
+
+
+def zeta_constraints(zeta_mean: Tensor, log_zeta_ms: Tensor, eps_zeta: float, kind: str = "box") -> Tensor:
+    r"""The two ζ constraint functions :math:`(g_u, g_\ell) \le 0` of the multipliers
+    :math:`(\lambda_u, \lambda_\ell)`.
+
+    * ``"box"`` (B.6 as printed): :math:`g_u = \bar\zeta - 1 - \epsilon_\zeta`,
+      :math:`g_\ell = 1 - \bar\zeta`, with :math:`\bar\zeta = \frac1C\sum_c\zeta_c`.
+    * ``"per_condition"``: B.6 intends every condition to be normalized,
+      :math:`\zeta_c \in [1, 1+\epsilon_\zeta]`, i.e. :math:`\log\zeta_c \in [0, \tau]` with
+      :math:`\tau = \log(1+\epsilon_\zeta)`. One multiplier per training condition is not
+      affordable, and the batch mean cannot see offsets that cancel (or underflow: once
+      :math:`\zeta_c \approx 0` its gradient vanishes while :math:`\lambda_\ell` grows without
+      bound). We use the aggregate :math:`g_u = \frac1C\sum_c(\log\zeta_c)^2 - \tau^2`,
+      which every feasible point of the per-condition box satisfies; its ψ-gradient
+      :math:`\frac{2\lambda_u}{C}\sum_c\log\zeta_c\nabla_\psi\log\zeta_c` pulls each condition
+      towards 0 in proportion to its own offset and does not vanish in log space. The form is
+      two-sided, so :math:`g_\ell = 0` and :math:`\lambda_\ell` stays at its floor.
+
+    Args:
+        zeta_mean: :math:`\bar\zeta`, the batch mean of the per-condition ζ.
+        log_zeta_ms: :math:`\frac1C\sum_c(\log\zeta_c)^2`.
+        eps_zeta: :math:`\epsilon_\zeta`.
+        kind: ``"box"`` or ``"per_condition"``.
+
+    Returns:
+        ``(2,)``: :math:`(g_u, g_\ell)`.
+    """
+    if kind == "box":
+        return torch.stack([zeta_mean - 1 - eps_zeta, 1 - zeta_mean])
+    if kind == "per_condition":
+        return torch.stack([log_zeta_ms - math.log1p(eps_zeta) ** 2, torch.zeros_like(log_zeta_ms)])
+    raise ValueError(f"Unknown zeta constraint {kind!r}; use one of {ZETA_CONSTRAINTS}.")
+
+
 def constraint_slacks(
-    values: dict[str, Tensor], lam: Tensor, eps_zeta: float, negative_nll: bool
+    values: dict[str, Tensor], lam: Tensor, eps_zeta: float, negative_nll: bool, zeta_constraint: str = "box"
 ) -> Tensor:
     r"""Eq. 19: :math:`\nabla_\lambda\mathcal L` at the closed-form :math:`\epsilon, \delta`
     (eqs. 13, 20), ordered as :data:`~sbi_jeffreys.objective.dual.MULTIPLIERS`
@@ -87,56 +133,66 @@ def constraint_slacks(
     """
     eps = relaxation(lam[:3])
     shift = nll_shift(lam[:3]) ** 2 if negative_nll else torch.zeros_like(eps)
-    return torch.stack([
-        values["nll_p"] - eps[0] + shift[0],
-        values["kl"] - eps[1],
-        values["nll_q"] - eps[2] + shift[2],
-        values["zeta"] - 1 - eps_zeta,
-        1 - values["zeta"],
+    zeta = zeta_constraints(values["zeta"], values["log_zeta_ms"], eps_zeta, zeta_constraint)
+    return torch.cat([
+        torch.stack([values["nll_p"] - eps[0] + shift[0], values["kl"] - eps[1], values["nll_q"] - eps[2] + shift[2]]),
+        zeta,
     ])
 
 
-def primal_surrogate(t: Terms, lam: Tensor, kl_weight: float = 1.0, baseline: bool = True) -> Tensor:
+def primal_surrogate(
+    t: Terms, lam: Tensor, kl_weight: float = 1.0, baseline: bool = True, zeta_constraint: str = "box",
+    eps_zeta: float = 0.0,
+) -> Tensor:
     r"""A scalar whose autograd gradients w.r.t. θ and ψ are :math:`\nabla_\theta\mathcal L`
     (eq. 18) and :math:`\nabla_\psi\mathcal L` (eq. 15), with the multipliers held fixed.
 
     * ψ: :math:`-\lambda_{prx}\bar f(x) - w\lambda_{rv}\bar f(y) + (\lambda_{prx}\overline{\log\zeta_{c_i}}
-      + w\lambda_{rv}\overline{\log\zeta_c}) + (\lambda_u - \lambda_\ell)\bar\zeta`, where
-      :math:`\nabla\log\hat\zeta` is the softmax-weighted form of eq. 14 (see :func:`log_partition`).
-    * θ, score function (eqs. 16-17): :math:`w\lambda_{rv}\,\overline{(\mathrm{sg}[\log p - f] - b)\log p_\theta(y)}`
-      with the baseline :math:`b_i` the leave-one-out mean of :math:`\log p - f` over the other
-      K - 1 samples of its condition (independent of :math:`y_i`, hence unbiased since
-      :math:`\mathbb E\nabla\log p_\theta = 0`); with ``K = 1`` over the other conditions'
-      samples, and none for a single sample. Reparameterized: :math:`w\lambda_{rv}\,\overline{\log p_\theta(y_\theta) - f_\psi(y_\theta)}`.
+      + w\lambda_{rv}\overline{\log\zeta_c}) + \lambda_u g_u + \lambda_\ell g_\ell` with the ζ
+      constraints of :func:`zeta_constraints`, where :math:`\nabla\log\hat\zeta` is the
+      softmax-weighted form of eq. 14 (see :func:`log_partition`).
+    * θ, score function (eqs. 16-17): :math:`w\lambda_{rv}\,\overline{(\mathrm{sg}[\log p - f] - b_c)\log p_\theta(y)}`.
+      The baseline :math:`b_c` is per condition and independent of :math:`y`, hence unbiased
+      (:math:`\mathbb E\nabla\log p_\theta = 0`): ``t.rv_baseline`` when given (e.g. from the
+      condition's separate ζ-samples), else the leave-one-out mean over the other K - 1
+      samples of the same condition, else none. Conditions are never pooled: each has its own
+      offset :math:`\log\zeta_c`, which a pooled baseline would carry into the advantage.
+      Reparameterized: :math:`w\lambda_{rv}\,\overline{\log p_\theta(y_\theta) - f_\psi(y_\theta)}`.
     * θ, forward term: :math:`-\lambda_{fw}\overline{\log p_\theta(x_i)}`.
     """
     lam = lam.detach()
-    l_fw, l_rv, l_prx, l_u, l_l = lam.unbind()
+    l_fw, l_rv, l_prx = lam[0], lam[1], lam[2]
     if t.reparameterized:
         rv = (t.logp_rv - t.f_rv).mean()
     else:
         advantage = (t.logp_rv - t.f_rv).detach()
         if baseline:
-            # leave-one-out mean: b_i = mean_{j != i} a_j = a_i - n/(n-1) (a_i - mean a);
-            # a baseline containing a_i itself would shrink the gradient by (n-1)/n
-            n = t.logp_rv.shape[0]
-            if n > 1:
-                advantage = (advantage - advantage.mean(dim=0, keepdim=True)) * (n / (n - 1))
-            elif advantage.numel() > 1:
-                n = advantage.numel()
-                advantage = (advantage - advantage.mean()) * (n / (n - 1))
+            advantage = advantage - score_baseline(advantage, t.rv_baseline)
         rv = (advantage * t.logp_rv - t.f_rv).mean()
-    zeta = t.log_zeta.exp().mean()
+    zeta = zeta_constraints(t.log_zeta.exp().mean(), t.log_zeta.pow(2).mean(), eps_zeta, zeta_constraint)
     return (
         -l_fw * t.logp_data.mean()
         + kl_weight * l_rv * (rv + t.log_zeta.mean())
         + l_prx * (-t.f_data + t.data_log_zeta()).mean()
-        + (l_u - l_l) * zeta
+        + (lam[3:] * zeta).sum()
     )
 
 
+def score_baseline(advantage: Tensor, given: Tensor | None = None) -> Tensor:
+    r"""The per-condition baseline :math:`b` subtracted from the advantage ``(K, C)`` of the
+    score-function estimator: ``given`` ``(C,)`` if passed; else with ``K > 1`` the
+    leave-one-out mean :math:`b_k = \frac1{K-1}\sum_{j\ne k} a_j` of the same condition (a mean
+    that contains :math:`a_k` itself would shrink the gradient by :math:`(K-1)/K`); else 0."""
+    if given is not None:
+        return given.detach().expand_as(advantage)
+    k = advantage.shape[0]
+    if k > 1:
+        return advantage - (advantage - advantage.mean(dim=0, keepdim=True)) * (k / (k - 1))
+    return torch.zeros_like(advantage)
+
+
 def lagrangian_value(
-    t: Terms, lam: Tensor, eps_zeta: float, negative_nll: bool, kl_weight: float = 1.0
+    t: Terms, lam: Tensor, eps_zeta: float, negative_nll: bool, kl_weight: float = 1.0, zeta_constraint: str = "box"
 ) -> Tensor:
     r"""The plug-in value of :math:`\mathcal L` (eq. 11 / PVI) at the closed-form ε, δ, as a
     differentiable function of the terms. Used to check the surrogates' gradients."""
@@ -145,13 +201,12 @@ def lagrangian_value(
     nll_p = -t.logp_data.mean()
     kl = kl_weight * (t.logp_rv - t.f_rv + t.log_zeta).mean()
     nll_q = (-t.f_data + t.data_log_zeta()).mean()
-    zeta = t.log_zeta.exp().mean()
+    zeta = zeta_constraints(t.log_zeta.exp().mean(), t.log_zeta.pow(2).mean(), eps_zeta, zeta_constraint)
     sq = delta**2 if negative_nll else torch.zeros_like(eps)
     return (
         eps.pow(2).sum() - delta[0] - delta[2]
         + lam[0] * (nll_p - eps[0] + sq[0])
         + lam[1] * (kl - eps[1])
         + lam[2] * (nll_q - eps[2] + sq[2])
-        + lam[3] * (zeta - 1 - eps_zeta)
-        + lam[4] * (1 - zeta)
+        + (lam[3:] * zeta).sum()
     )

@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Start the sweeps of one run configuration in the background, one process group each.
+
+The one launcher for GPU (or many-core) runs: a configuration file names the sweeps, each a
+list of ``experiments/sbi_sweep.py`` arguments; this script starts them detached (``setsid``),
+each under ``timeout`` so that a cut run keeps every finished cell (sweeps resume cell by
+cell), with its log beside its results::
+
+    python experiments/launch.py experiments/configs/part1.json --out /tmp/run --limit 1400
+    python experiments/launch.py experiments/configs/part1.json --out /tmp/run --status
+    python experiments/launch.py experiments/configs/part1.json --out /tmp/run --dry-run
+
+A configuration is JSON: ``{"description": ..., "env": {VAR: value}, "sweeps": [{"name": ...,
+"args": [...]}]}``. ``--only NAME ...`` starts a subset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(path: Path) -> dict:
+    config = json.loads(path.read_text())
+    names = [s["name"] for s in config.get("sweeps", [])]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"{path}: needs sweeps with distinct names, got {names}")
+    return config
+
+
+def commands(config: dict, out: Path, limit: int, only: list[str] | None) -> list[tuple[str, list[str]]]:
+    runs = []
+    for sweep in config["sweeps"]:
+        if only and sweep["name"] not in only:
+            continue
+        cmd = ["timeout", str(limit), sys.executable, str(ROOT / "experiments" / "sbi_sweep.py"),
+               "--no-progress", "--out", str(out / sweep["name"]), *map(str, sweep["args"])]
+        runs.append((sweep["name"], cmd))
+    return runs
+
+
+def status(out: Path, config: dict) -> None:
+    for sweep in config["sweeps"]:
+        results = out / sweep["name"] / "results.csv"
+        rows = max(0, len(results.read_text().splitlines()) - 1) if results.exists() else 0
+        log = out / f"{sweep['name']}.log"
+        tail = log.read_text().strip().splitlines()[-1:] if log.exists() else ["(not started)"]
+        print(f"{sweep['name']}: {rows} rows; {tail[0][:160] if tail else ''}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path, help="run configuration (JSON)")
+    p.add_argument("--out", type=Path, required=True, help="results folder (one subfolder and log per sweep)")
+    p.add_argument("--limit", type=int, default=1500, help="seconds each sweep may run (default 1500)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="start only these sweeps")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, start nothing")
+    p.add_argument("--status", action="store_true", help="print rows done and the last log line per sweep")
+    args = p.parse_args(argv)
+    config = load_config(args.config)
+    if args.status:
+        status(args.out, config)
+        return 0
+    env = {**os.environ, **{k: str(v) for k, v in config.get("env", {}).items()}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, cmd in commands(config, args.out, args.limit, args.only):
+        print(f"{name}: {shlex.join(cmd)}")
+        if not args.dry_run:
+            with open(args.out / f"{name}.log", "ab") as log:
+                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
