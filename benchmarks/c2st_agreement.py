@@ -1,13 +1,15 @@
 """Does the batched torch C2ST measure what sbibm's C2ST measures? Side by side on real pairs.
 
-Pairs of sbibm reference posteriors (10,000 samples each): observation o against observation
-o + 1 of the same task (C2ST from about 0.6 to 1), and the two halves of one observation's
-samples (about 0.5). Each pair is scored by ``sbibm.metrics.c2st`` with seeds 1 and 2 (their
+Pairs of sbibm reference posteriors: observation o against observation o + 1 of the same task
+(10,000 samples each; mostly separable), the two halves of one observation's samples (about
+0.5), and one half against the other half blurred by Gaussian noise of ``--scales`` times the
+posterior's sd (the middle range, where benchmark cells lie). Each pair is scored by ``sbibm.metrics.c2st`` with seeds 1 and 2 (their
 difference is the classifier's own seed-to-seed spread) on CPU processes, and by
 :func:`sbi_jeffreys.benchmark.c2st_torch.c2st_batched` (all pairs of one shape in one batched
 model) on ``--device``. Prints both, the differences, the spread and the wall times::
 
     python benchmarks/c2st_agreement.py --device cuda --jobs 16 --out c2st_agreement.json
+    python benchmarks/c2st_agreement.py --tasks two_moons gaussian_mixture slcp --observations 1 --kinds noise
 """
 
 from __future__ import annotations
@@ -19,17 +21,24 @@ import time
 import torch
 
 
-def pairs_for(tasks: list[str], observations: list[int]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def pairs_for(tasks: list[str], observations: list[int], kinds: list[str],
+              scales: list[float]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     from sbi_jeffreys.benchmark.tasks import get_task
 
+    gen = torch.Generator().manual_seed(0)
     out = []
     for name in tasks:
         task = get_task(name)
         for o in observations:
             a = task.get_reference_posterior_samples(num_observation=o)
-            b = task.get_reference_posterior_samples(num_observation=o % 10 + 1)
-            out.append((f"{name} obs{o} vs obs{o % 10 + 1}", a, b))
-            out.append((f"{name} obs{o} halves", a[:5000], a[5000:]))
+            if "neighbour" in kinds:
+                b = task.get_reference_posterior_samples(num_observation=o % 10 + 1)
+                out.append((f"{name} obs{o} vs obs{o % 10 + 1}", a, b))
+            if "halves" in kinds:
+                out.append((f"{name} obs{o} halves", a[:5000], a[5000:]))
+            for s in scales if "noise" in kinds else []:
+                noisy = a[5000:] + s * a.std(0) * torch.randn(a[5000:].shape, generator=gen)
+                out.append((f"{name} obs{o} vs +{s} sd noise", a[:5000], noisy))
     return out
 
 
@@ -45,6 +54,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_mixture", "slcp", "bernoulli_glm"])
     p.add_argument("--observations", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--kinds", nargs="+", default=["neighbour", "halves", "noise"], choices=["neighbour", "halves", "noise"])
+    p.add_argument("--scales", nargs="+", type=float, default=[0.2, 0.5])
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=2, help="CPU processes for sbibm's C2STs")
     p.add_argument("--out", default=None)
@@ -53,7 +64,7 @@ def main() -> None:
 
     from sbi_jeffreys.benchmark.c2st_torch import c2st_batched
 
-    pairs = pairs_for(a.tasks, a.observations)
+    pairs = pairs_for(a.tasks, a.observations, a.kinds, a.scales)
     start = time.perf_counter()
     groups: dict[tuple, list[int]] = {}
     for i, (_, x, y) in enumerate(pairs):

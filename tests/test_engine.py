@@ -342,6 +342,7 @@ def test_check_data_accepts_good_input():
         ({"flow_lr": -1e-3}, "flow_lr"),
         ({"energy_lr": 0.0}, "energy_lr"),
         ({"num_zeta_samples": 0}, "num_zeta_samples"),
+        ({"zeta_constraint": "per_batch"}, "zeta_constraint"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, match):

@@ -363,6 +363,49 @@ def test_batched_flow_sample_and_log_prob_is_per_condition(trained):
         assert not torch.allclose(logp, flow.log_prob(y, X.roll(1, 0)), atol=1e-2)
 
 
+def test_default_flow_is_sbis_nsf_with_reparameterized_samples():
+    """JeffreysNPE trains sbi's `nsf` (NPE's strongest flow). Its raw nflows estimator orders
+    batched sample_and_log_prob wrongly; the wrapper's samples carry gradients and match log_prob."""
+    from sbi.neural_nets import posterior_nn
+    from sbi.neural_nets.estimators import NFlowsFlow
+
+    from sbi_jeffreys.nets.flows import ReparameterizedNFlowsFlow
+
+    prior, theta, x = toy_data(300, seed=3)
+    inference = make_inference(prior)
+    flow = inference._build_neural_net(theta, x)
+    assert isinstance(flow, ReparameterizedNFlowsFlow) and isinstance(flow, NFlowsFlow)
+    torch.manual_seed(0)
+    y, logp = flow.sample_and_log_prob((8,), x[:6])
+    assert y.shape == (8, 6, D) and torch.allclose(logp, flow.log_prob(y, x[:6]), atol=1e-4)
+    logp.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
+    raw = posterior_nn("nsf")(theta, x)  # what the wrapper fixes
+    with torch.no_grad():
+        y, logp = raw.sample_and_log_prob((8,), x[:6])
+        assert not torch.allclose(logp, raw.log_prob(y, x[:6]), atol=1e-2)
+
+
+def test_film_conditioning_is_computed_once_per_condition():
+    """gamma(c), beta(c) are evaluated on the (C, k) conditions and broadcast over samples: the
+    same values as evaluating them on every (sample, condition) pair."""
+    from sbi_jeffreys.nets import energy_nn
+
+    _, theta, x = toy_data(50, seed=4)
+    energy = energy_nn(width=16, blocks=2)(theta, x).eval()
+    calls = []
+    energy.blocks[0].gamma.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape)))
+    y = torch.randn(7, 5, D)
+    out = energy(y, x[:5])
+    assert out.shape == (7, 5) and calls == [(5, x.shape[1])]
+    # reference: conditions expanded per sample through the same blocks
+    c = energy.embedding_net(energy.standardize_context(x[:5])).expand(7, 5, -1)
+    h = energy.stem(energy.standardize_input(y))
+    for block in energy.blocks:
+        h = block(h, c)
+    assert torch.allclose(out, energy.head(h).squeeze(-1) / energy.temperature, atol=1e-5)
+
+
 class MLPEnergy(nn.Module):
     """A user-supplied energy (no FiLM, no z-scoring attributes): ``(S, B, d), (B, k) -> (S, B)``."""
 

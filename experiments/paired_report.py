@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Tables and a figure from sweep results, paired by (seed, observation) against a baseline.
+
+Reads one or more ``results.csv`` written by ``experiments/sbi_sweep.py`` and writes, in --out:
+
+  results.csv   the merged rows (one per task, budget, seed, observation, method)
+  table.md      per (task, budget): each method's mean C2ST ± sd, cells, seeds, wall time per
+                training and device; and, for --method against each --baseline, the paired
+                comparison over the (seed, observation) cells both have (wins / cells, mean
+                difference)
+  c2st_vs_budget.png
+
+    python experiments/paired_report.py RUN/*/results.csv --out experiments/results/part1 \\
+        --method jeffreys_npe --baselines npe_nsf npe
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+KEY = ["task", "num_simulations", "seed", "observation", "method"]
+
+
+def merge(paths: list[Path]) -> pd.DataFrame:
+    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    return df.drop_duplicates(KEY, keep="last").sort_values(KEY).reset_index(drop=True)
+
+
+def method_table(df: pd.DataFrame) -> pd.DataFrame:
+    per_training = df.drop_duplicates(["task", "num_simulations", "seed", "method"])
+    g = df.groupby(["task", "num_simulations", "method"])
+    out = g["c2st"].agg(["mean", "std", "size"]).rename(columns={"size": "cells"})
+    out["seeds"] = g["seed"].nunique()
+    t = per_training.groupby(["task", "num_simulations", "method"])
+    out["train_s"] = t["train_seconds"].mean()
+    out["device"] = t["device"].agg(lambda s: ",".join(sorted(set(map(str, s)))))
+    return out.reset_index()
+
+
+def paired(df: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
+    a = df[df.method == method].set_index(KEY[:-1])["c2st"]
+    b = df[df.method == baseline].set_index(KEY[:-1])["c2st"]
+    both = pd.concat([a.rename("m"), b.rename("b")], axis=1, join="inner").reset_index()
+    rows = []
+    for (task, n), cell in both.groupby(["task", "num_simulations"]):
+        rows.append({"task": task, "num_simulations": n, "baseline": baseline, "cells": len(cell),
+                     "wins": int((cell.m < cell.b).sum()), "mean_diff": float((cell.m - cell.b).mean()),
+                     "seeds_won": int((cell.groupby("seed").apply(lambda c: c.m.mean() < c.b.mean())).sum()),
+                     "seeds": int(cell.seed.nunique())})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(methods: pd.DataFrame, pairs: pd.DataFrame, method: str) -> str:
+    lines = ["| task | budget | method | C2ST mean ± sd | cells | seeds | train s / training | device |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in methods.itertuples():
+        sd = "" if pd.isna(r.std) else f" ± {r.std:.3f}"
+        lines.append(f"| {r.task} | {r.num_simulations} | {r.method} | {r.mean:.3f}{sd} | {r.cells} | {r.seeds} "
+                     f"| {r.train_s:.0f} | {r.device} |")
+    lines += ["", f"Paired by (seed, observation): cells where `{method}` has the lower C2ST.", "",
+              "| task | budget | against | wins / cells | seeds won | mean difference |", "|---|---|---|---|---|---|"]
+    for r in pairs.itertuples():
+        lines.append(f"| {r.task} | {r.num_simulations} | {r.baseline} | {r.wins} / {r.cells} "
+                     f"| {r.seeds_won} / {r.seeds} | {r.mean_diff:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(methods: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(methods.task))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        sub = methods[methods.task == task]
+        for m, rows in sub.groupby("method"):
+            ax.errorbar(rows.num_simulations, rows["mean"], yerr=rows["std"].fillna(0), marker="o", capsize=3, label=m)
+        ax.set(xscale="log", title=task, xlabel="simulations", ylim=(0.5, 1.0))
+        ax.set_ylabel("C2ST (lower is better)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--method", default="jeffreys_npe")
+    p.add_argument("--baselines", nargs="+", default=["npe_nsf", "npe"])
+    a = p.parse_args(argv)
+    df = merge(a.results)
+    a.out.mkdir(parents=True, exist_ok=True)
+    keep = [c for c in df.columns if c not in ("host", "finished_at")]
+    df[keep].to_csv(a.out / "results.csv", index=False)
+    methods = method_table(df)
+    pairs = pd.concat([paired(df, a.method, b) for b in a.baselines], ignore_index=True)
+    (a.out / "table.md").write_text(to_markdown(methods, pairs, a.method))
+    figure(methods, a.out / "c2st_vs_budget.png")
+    print((a.out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
