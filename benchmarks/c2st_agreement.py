@@ -3,7 +3,8 @@
 Pairs of sbibm reference posteriors: observation o against observation o + 1 of the same task
 (10,000 samples each; mostly separable), the two halves of one observation's samples (about
 0.5), and one half against the other half blurred by Gaussian noise of ``--scales`` times the
-posterior's sd (the middle range, where benchmark cells lie). Each pair is scored by ``sbibm.metrics.c2st`` with seeds 1 and 2 (their
+posterior's sd (the middle range, where benchmark cells lie). Each pair is scored by
+``sbibm.metrics.c2st`` with seeds 1 and 2 (their
 difference is the classifier's own seed-to-seed spread) on CPU processes, and by
 :func:`sbi_jeffreys.benchmark.c2st_torch.c2st_batched` (all pairs of one shape in one batched
 model) on ``--device``. Prints both, the differences, the spread and the wall times::
@@ -21,8 +22,9 @@ import time
 import torch
 
 
-def pairs_for(tasks: list[str], observations: list[int], kinds: list[str],
-              scales: list[float]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def pairs_for(
+    tasks: list[str], observations: list[int], kinds: list[str], scales: list[float]
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     from sbi_jeffreys.benchmark.tasks import get_task
 
     gen = torch.Generator().manual_seed(0)
@@ -54,7 +56,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_mixture", "slcp", "bernoulli_glm"])
     p.add_argument("--observations", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--kinds", nargs="+", default=["neighbour", "halves", "noise"], choices=["neighbour", "halves", "noise"])
+    p.add_argument(
+        "--kinds", nargs="+", default=["neighbour", "halves", "noise"], choices=["neighbour", "halves", "noise"]
+    )
     p.add_argument("--scales", nargs="+", type=float, default=[0.2, 0.5])
     p.add_argument("--device", default="cpu")
     p.add_argument("--jobs", type=int, default=2, help="CPU processes for sbibm's C2STs")
@@ -85,10 +89,16 @@ def main() -> None:
         print(f"{label:42s} {s1:8.4f} {s2:8.4f} {ours[i]:7.4f} {ours[i] - s1:+8.4f} {s2 - s1:+7.4f}")
     diff = torch.tensor([r["torch"] - r["sbibm_seed1"] for r in rows])
     spread = torch.tensor([r["sbibm_seed2"] - r["sbibm_seed1"] for r in rows])
-    summary = {"mean_abs_torch_minus_sbibm": float(diff.abs().mean()), "max_abs_torch_minus_sbibm": float(diff.abs().max()),
-               "mean_abs_sbibm_seed_spread": float(spread.abs().mean()), "max_abs_sbibm_seed_spread": float(spread.abs().max()),
-               "torch_seconds_all_pairs": torch_seconds, "sbibm_seconds_all_pairs_2_seeds": sbibm_seconds,
-               "sbibm_jobs": a.jobs, "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"}
+    summary = {
+        "mean_abs_torch_minus_sbibm": float(diff.abs().mean()),
+        "max_abs_torch_minus_sbibm": float(diff.abs().max()),
+        "mean_abs_sbibm_seed_spread": float(spread.abs().mean()),
+        "max_abs_sbibm_seed_spread": float(spread.abs().max()),
+        "torch_seconds_all_pairs": torch_seconds,
+        "sbibm_seconds_all_pairs_2_seeds": sbibm_seconds,
+        "sbibm_jobs": a.jobs,
+        "device": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu",
+    }
     for k, v in summary.items():
         print(f"{k}: {v if isinstance(v, str) else round(v, 4)}")
     if a.out:

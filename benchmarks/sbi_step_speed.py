@@ -63,8 +63,9 @@ def measure(flow_name: str, d: int, batch: int, device: str, steps: int, graph: 
     modes = [("eager", False)] + ([("replayed", True)] if graph else [])
     for mode, cuda_graph in modes:
         energy = energy_nn()(theta, x).to(device)
-        config = JeffreysConfig(num_zeta_samples=16, num_rv_samples=1, zeta_constraint="per_condition",
-                                cuda_graph=cuda_graph)
+        config = JeffreysConfig(
+            num_zeta_samples=16, num_rv_samples=1, zeta_constraint="per_condition", cuda_graph=cuda_graph
+        )
         trainer = JeffreysTrainer(flow, energy, config)
         try:
             rate = time_steps(lambda: trainer.train_step(th, xb), steps, device)
@@ -92,15 +93,20 @@ def main() -> None:
     hardware = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"cpu, {a.threads} thread(s)"
     rows = [measure(f, d, b, a.device, a.steps, graph) for f in a.flows for d in a.dims for b in a.batches]
     print(f"hardware: {hardware}")
-    print(f"{'flow':10s} {'d':>3s} {'batch':>6s} {'NPE/s':>8s} {'ours eager/s':>13s} {'ratio':>6s}"
-          f" {'ours replayed/s':>16s} {'ratio':>6s}")
+    print(
+        f"{'flow':10s} {'d':>3s} {'batch':>6s} {'NPE/s':>8s} {'ours eager/s':>13s} {'ratio':>6s}"
+        f" {'ours replayed/s':>16s} {'ratio':>6s}"
+    )
     for r in rows:
+
         def fmt(key: str, width: int) -> str:
             return f"{r[key]:{width}.2f}" if key in r else f"{'-':>{width}s}"
 
-        print(f"{r['flow']:10s} {r['d']:3d} {r['batch']:6d} {r['npe_steps_per_s']:8.1f} "
-              f"{fmt('jeffreys_eager_steps_per_s', 13)} {fmt('jeffreys_eager_cost_ratio', 6)} "
-              f"{fmt('jeffreys_replayed_steps_per_s', 16)} {fmt('jeffreys_replayed_cost_ratio', 6)}")
+        print(
+            f"{r['flow']:10s} {r['d']:3d} {r['batch']:6d} {r['npe_steps_per_s']:8.1f} "
+            f"{fmt('jeffreys_eager_steps_per_s', 13)} {fmt('jeffreys_eager_cost_ratio', 6)} "
+            f"{fmt('jeffreys_replayed_steps_per_s', 16)} {fmt('jeffreys_replayed_cost_ratio', 6)}"
+        )
         for key in r:
             if key.endswith("_error"):
                 print(f"    {key}: {r[key]}")

@@ -57,10 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-zeta-samples", type=int, nargs="+", default=[10, 100, 1000, 10_000], help="values of M")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="ring8")
     p.add_argument("--num-train", type=int, default=1000)
-    p.add_argument("--gradient-estimator", choices=("reparameterized", "score"), default="reparameterized",
-                   help="Jeffreys' theta-gradient (eq. 18 score form or rsample; engine default: reparameterized)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="time steps replayed as CUDA graphs (both models; CUDA only)")
+    p.add_argument(
+        "--gradient-estimator",
+        choices=("reparameterized", "score"),
+        default="reparameterized",
+        help="Jeffreys' theta-gradient (eq. 18 score form or rsample; engine default: reparameterized)",
+    )
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="time steps replayed as CUDA graphs (both models; CUDA only)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/compute_time"))
@@ -131,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, tuple[str, int | None, Callable[[torch.Tensor], object]]] = {}
     eager: dict[str, Callable[[torch.Tensor], object]] = {}
     for m in args.num_zeta_samples:
-        est = JeffreysDensityEstimator(2, device=device, seed=args.seed, num_zeta_samples=m,
-                                       gradient_estimator=args.gradient_estimator, cuda_graph=graph)
+        est = JeffreysDensityEstimator(
+            2,
+            device=device,
+            seed=args.seed,
+            num_zeta_samples=m,
+            gradient_estimator=args.gradient_estimator,
+            cuda_graph=graph,
+        )
         trainer = est.build(train)
         models[f"jeffreys_M{m}"] = ("jeffreys", m, trainer.train_step)
         eager[f"jeffreys_M{m}"] = trainer.step
@@ -149,35 +160,64 @@ def main(argv: list[str] | None = None) -> int:
     for r in range(args.rounds):
         for name, (kind, m, step) in models.items():
             sec = time_steps(step, x, args.iterations, device)
-            rows.append(dict(model=kind, num_zeta_samples=m or "", round=r, iterations=args.iterations,
-                             seconds_per_iteration=sec, device=str(device), threads=torch.get_num_threads(),
-                             cuda_graph=graph))
+            rows.append(
+                dict(
+                    model=kind,
+                    num_zeta_samples=m or "",
+                    round=r,
+                    iterations=args.iterations,
+                    seconds_per_iteration=sec,
+                    device=str(device),
+                    threads=torch.get_num_threads(),
+                    cuda_graph=graph,
+                )
+            )
             bar.set_postfix(model=name, ms=f"{1e3 * sec:.1f}")
             bar.update(1)
     bar.close()
 
-    med = {n: statistics.median(r["seconds_per_iteration"] for r in rows
-                                if r["model"] == k and r["num_zeta_samples"] == (m or ""))
-           for n, (k, m, _) in models.items()}
-    low = {n: min(r["seconds_per_iteration"] for r in rows if r["model"] == k and r["num_zeta_samples"] == (m or ""))
-           for n, (k, m, _) in models.items()}
-    summary = [dict(model=k, num_zeta_samples=m or "", median_seconds_per_iteration=med[n],
-                    min_seconds_per_iteration=low[n], iterations_per_second=1 / med[n],
-                    ratio_to_nf=med[n] / med["nf"], ops_per_iteration=ops[n], ops_ratio_to_nf=ops[n] / ops["nf"],
-                    gradient_estimator=args.gradient_estimator if k == "jeffreys" else "",
-                    device=str(device), threads=torch.get_num_threads(), cuda_graph=graph)
-               for n, (k, m, _) in models.items()]
+    med = {
+        n: statistics.median(
+            r["seconds_per_iteration"] for r in rows if r["model"] == k and r["num_zeta_samples"] == (m or "")
+        )
+        for n, (k, m, _) in models.items()
+    }
+    low = {
+        n: min(r["seconds_per_iteration"] for r in rows if r["model"] == k and r["num_zeta_samples"] == (m or ""))
+        for n, (k, m, _) in models.items()
+    }
+    summary = [
+        dict(
+            model=k,
+            num_zeta_samples=m or "",
+            median_seconds_per_iteration=med[n],
+            min_seconds_per_iteration=low[n],
+            iterations_per_second=1 / med[n],
+            ratio_to_nf=med[n] / med["nf"],
+            ops_per_iteration=ops[n],
+            ops_ratio_to_nf=ops[n] / ops["nf"],
+            gradient_estimator=args.gradient_estimator if k == "jeffreys" else "",
+            device=str(device),
+            threads=torch.get_num_threads(),
+            cuda_graph=graph,
+        )
+        for n, (k, m, _) in models.items()
+    ]
     write_csv(args.out / "compute_time.csv", rows)
     write_csv(args.out / "compute_time_summary.csv", summary)
     plot(summary, args.out / "compute_time.png", device)
 
-    print(f"device={device} cuda_graph={graph} threads={torch.get_num_threads()} N={args.num_train} "
-          f"({args.rounds} rounds x {args.iterations} steps, median):")
+    print(
+        f"device={device} cuda_graph={graph} threads={torch.get_num_threads()} N={args.num_train} "
+        f"({args.rounds} rounds x {args.iterations} steps, median):"
+    )
     for s in summary:
         label = "NF" if s["model"] == "nf" else f"Jeffreys M={s['num_zeta_samples']}"
-        print(f"  {label:>20}: {1e3 * s['median_seconds_per_iteration']:8.2f} ms/iter "
-              f"({s['iterations_per_second']:.1f} it/s), ratio to NF {s['ratio_to_nf']:.2f}; "
-              f"{s['ops_per_iteration']} ATen ops/iter, ratio {s['ops_ratio_to_nf']:.2f}")
+        print(
+            f"  {label:>20}: {1e3 * s['median_seconds_per_iteration']:8.2f} ms/iter "
+            f"({s['iterations_per_second']:.1f} it/s), ratio to NF {s['ratio_to_nf']:.2f}; "
+            f"{s['ops_per_iteration']} ATen ops/iter, ratio {s['ops_ratio_to_nf']:.2f}"
+        )
     return 0
 
 
@@ -191,11 +231,20 @@ def plot(summary: list[dict], path: Path, device: torch.device) -> None:
     jeff = [s for s in summary if s["model"] == "jeffreys"]
     nf = next(s for s in summary if s["model"] == "nf")
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
-    ax.plot([s["num_zeta_samples"] for s in jeff], [1e3 * s["median_seconds_per_iteration"] for s in jeff],
-            "o-", label="Jeffreys (ours)")
+    ax.plot(
+        [s["num_zeta_samples"] for s in jeff],
+        [1e3 * s["median_seconds_per_iteration"] for s in jeff],
+        "o-",
+        label="Jeffreys (ours)",
+    )
     ax.axhline(1e3 * nf["median_seconds_per_iteration"], color="C3", ls="--", label="NF")
-    ax.set(xscale="log", xlabel="M (ζ samples)", ylabel="ms / iteration", ylim=(0, None),
-           title=f"time per iteration ({device.type})")
+    ax.set(
+        xscale="log",
+        xlabel="M (ζ samples)",
+        ylabel="ms / iteration",
+        ylim=(0, None),
+        title=f"time per iteration ({device.type})",
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

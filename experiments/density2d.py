@@ -20,7 +20,8 @@ and writes into ``--out``:
 
 Finished jobs are kept in ``OUT/jobs/`` (one JSON per job, written atomically) and are not
 redone when the command is re-run with the same settings; a Jeffreys run killed half-way
-resumes from its checkpoint (its ``seconds`` then cover the resumed part only). Paper settings (full mode): 1,000 train points (gmm40: 800) and
+resumes from its checkpoint (its ``seconds`` then cover the resumed part only). Paper settings
+(full mode): 1,000 train points (gmm40: 800) and
 10,000 test points, full batch, 25,000 iterations (gmm40: 100,000), LR 1e-3 (flow, NF) and
 1e-4 (EBM), multiplier LR 1e-4, ζ-multiplier LR 1e-3, ε_ζ = 0.1, λ init 0.01, M = 1,000,
 NSF 5 transforms x 8 bins, EBM 6 blocks x 64.
@@ -64,38 +65,70 @@ GRID = 64  # D.2: 64x64 pixels
 
 # App. D.2 (D.1 for gmm40); the NSF/EBM sizes of D.1
 PAPER = dict(
-    iterations=25_000, gmm40_iterations=100_000, num_test=10_000, num_zeta_samples=1000, eval_every=100,
+    iterations=25_000,
+    gmm40_iterations=100_000,
+    num_test=10_000,
+    num_zeta_samples=1000,
+    eval_every=100,
     flow=dict(flow_transforms=5, flow_bins=8, flow_hidden=[64, 64]),
     energy=dict(energy_width=64, energy_blocks=6),
 )
 QUICK = dict(
-    iterations=300, gmm40_iterations=300, num_test=2000, num_zeta_samples=256, eval_every=50,
+    iterations=300,
+    gmm40_iterations=300,
+    num_test=2000,
+    num_zeta_samples=256,
+    eval_every=50,
     flow=dict(flow_transforms=3, flow_bins=8, flow_hidden=[32, 32]),
     energy=dict(energy_width=32, energy_blocks=3),
 )
 CONFIG = dict(  # JeffreysConfig, D.2
-    flow_lr=1e-3, energy_lr=1e-4, multiplier_lr=1e-4, zeta_multiplier_lr=1e-3,
-    eps_zeta=0.1, negative_nll=True, multiplier_init=0.01,
+    flow_lr=1e-3,
+    energy_lr=1e-4,
+    multiplier_lr=1e-4,
+    zeta_multiplier_lr=1e-3,
+    eps_zeta=0.1,
+    negative_nll=True,
+    multiplier_init=0.01,
 )
 NF_LR = 1e-3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=None,
-                   help=f"default: {' '.join(ALL_DATASETS)} ({' '.join(QUICK_DATASETS)} with --quick)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=sorted(DATASETS),
+        default=None,
+        help=f"default: {' '.join(ALL_DATASETS)} ({' '.join(QUICK_DATASETS)} with --quick)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--iterations", type=int, default=None,
-                   help="GDA/Adam steps per run (default: 25,000, gmm40 100,000; 300 with --quick)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="GDA/Adam steps per run (default: 25,000, gmm40 100,000; 300 with --quick)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--devices", nargs="+", default=None,
-                   help="spread the jobs round-robin over these devices (overrides --device)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="replay each training step as a CUDA graph (CUDA only; several times faster)")
+    p.add_argument(
+        "--devices", nargs="+", default=None, help="spread the jobs round-robin over these devices (overrides --device)"
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="replay each training step as a CUDA graph (CUDA only; several times faster)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/density2d"))
-    p.add_argument("--quick", action="store_true", help="CPU in minutes: 300 iterations, M=256, smaller nets, 2 datasets")
+    p.add_argument(
+        "--quick", action="store_true", help="CPU in minutes: 300 iterations, M=256, smaller nets, 2 datasets"
+    )
     p.add_argument("--num-zeta-samples", type=int, default=None, help="M of eq. 12 (default 1000; 256 with --quick)")
-    p.add_argument("--eval-every", type=int, default=None, help="iterations between test evaluations (default 100; 50 quick)")
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="iterations between test evaluations (default 100; 50 quick)"
+    )
     p.add_argument("--jobs", type=int, default=1, help="parallel (dataset, seed) processes (they may share one GPU)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     p.add_argument("--num-train", type=int, default=None, help="default: 1000 (gmm40: 800)")
@@ -117,11 +150,17 @@ def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
     base = QUICK if args.quick else PAPER
     iterations = args.iterations or (base["gmm40_iterations"] if dataset == "gmm40" else base["iterations"])
     return dict(
-        iterations=iterations, num_train=args.num_train, num_test=args.num_test or base["num_test"],
-        eval_every=args.eval_every or base["eval_every"], device=device, threads=args.threads,
+        iterations=iterations,
+        num_train=args.num_train,
+        num_test=args.num_test or base["num_test"],
+        eval_every=args.eval_every or base["eval_every"],
+        device=device,
+        threads=args.threads,
         cuda_graph=args.cuda_graph,
-        warm_start_steps=args.warm_start_steps, arch={**base["flow"], **base["energy"]},
-        config={**CONFIG, "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"]}, nf_lr=NF_LR,
+        warm_start_steps=args.warm_start_steps,
+        arch={**base["flow"], **base["energy"]},
+        config={**CONFIG, "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"]},
+        nf_lr=NF_LR,
     )
 
 
@@ -151,11 +190,14 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
     dev = settings["device"]
     train, test = load_toy2d(dataset, settings["num_train"], settings["num_test"], seed)
     grid, area, extent = _grid(dataset)
-    common = dict(iterations=settings["iterations"], test=test, eval_every=settings["eval_every"], show_progress=progress)
+    common = dict(
+        iterations=settings["iterations"], test=test, eval_every=settings["eval_every"], show_progress=progress
+    )
     arch = settings["arch"]
     flow_arch = {k: v for k, v in arch.items() if k.startswith("flow_")}
-    out: dict = dict(dataset=dataset, seed=seed, settings=settings, rows=[], curves={}, maps={},
-                     train=train.tolist(), extent=extent)
+    out: dict = dict(
+        dataset=dataset, seed=seed, settings=settings, rows=[], curves={}, maps={}, train=train.tolist(), extent=extent
+    )
     try:
         out["true_test_nll"] = float(-true_log_prob(dataset, test.double()).mean())
     except NotImplementedError:
@@ -167,12 +209,21 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         out["curves"][model] = dict(iteration=iters, test_nll=nll)
         t = est.timing or dict(seconds=math.nan, eval_seconds=0.0)
         train_s = t["seconds"] - t["eval_seconds"]
-        out["rows"].append(dict(
-            dataset=dataset, seed=seed, model=model, **_curve_stats(iters, nll),
-            iterations=settings["iterations"], seconds=t["seconds"], train_seconds=train_s,
-            iters_per_second=settings["iterations"] / train_s if train_s > 0 else math.nan,
-            device=dev, status=status, **extra,
-        ))
+        out["rows"].append(
+            dict(
+                dataset=dataset,
+                seed=seed,
+                model=model,
+                **_curve_stats(iters, nll),
+                iterations=settings["iterations"],
+                seconds=t["seconds"],
+                train_seconds=train_s,
+                iters_per_second=settings["iterations"] / train_s if train_s > 0 else math.nan,
+                device=dev,
+                status=status,
+                **extra,
+            )
+        )
 
     # --- NF baseline first (it is the faster one): the same flow by maximum likelihood (same
     # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
@@ -191,8 +242,15 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
 
     # --- Jeffreys: p_theta and the quasi-normalized q_psi
     ckpt = os.path.join(job_dir, f"{dataset}_seed{seed}.ckpt")
-    jeff = JeffreysDensityEstimator(2, **arch, warm_start_steps=settings["warm_start_steps"], device=dev,
-                                    seed=seed, cuda_graph=graph, **settings["config"])
+    jeff = JeffreysDensityEstimator(
+        2,
+        **arch,
+        warm_start_steps=settings["warm_start_steps"],
+        device=dev,
+        seed=seed,
+        cuda_graph=graph,
+        **settings["config"],
+    )
     try:
         jeff.fit(train, **common, checkpoint_path=ckpt, resume=True)
         status = "ok"
@@ -259,13 +317,23 @@ def summarize(jobs: list[dict]) -> list[dict]:
             rows = [r for j in jobs if j["dataset"] == dataset for r in j["rows"] if r["model"] == model]
             best = np.array([r["best_test_nll"] for r in rows], dtype=float)
             last = np.array([r["last_test_nll"] for r in rows], dtype=float)
-            sd = (lambda a: float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else math.nan)
-            out.append(dict(
-                dataset=dataset, model=model, seeds=len(rows), diverged=sum(r["status"] != "ok" for r in rows),
-                best_mean=float(np.nanmean(best)) if np.isfinite(best).any() else math.nan, best_sd=sd(best),
-                last_mean=float(np.nanmean(last)) if np.isfinite(last).any() else math.nan, last_sd=sd(last),
-                true_test_nll=float(np.mean(true)) if true else math.nan,
-            ))
+
+            def sd(a):
+                return float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else math.nan
+
+            out.append(
+                dict(
+                    dataset=dataset,
+                    model=model,
+                    seeds=len(rows),
+                    diverged=sum(r["status"] != "ok" for r in rows),
+                    best_mean=float(np.nanmean(best)) if np.isfinite(best).any() else math.nan,
+                    best_sd=sd(best),
+                    last_mean=float(np.nanmean(last)) if np.isfinite(last).any() else math.nan,
+                    last_sd=sd(last),
+                    true_test_nll=float(np.mean(true)) if true else math.nan,
+                )
+            )
     return out
 
 
@@ -273,13 +341,17 @@ def summary_markdown(summary: list[dict]) -> str:
     fmt = lambda m, s: "n/a" if not math.isfinite(m) else (f"{m:.3f}" if not math.isfinite(s) else f"{m:.3f} ± {s:.3f}")  # noqa: E731
     head = "| dataset | " + " | ".join(f"{m} best | {m} last" for m in MODELS) + " | true density |"
     lines = [
-        "Test NLL (nats, lower is better), mean ± sd over seeds; best = lowest value on the curve.", "",
-        head, "|" + "---|" * (2 * len(MODELS) + 2),
+        "Test NLL (nats, lower is better), mean ± sd over seeds; best = lowest value on the curve.",
+        "",
+        head,
+        "|" + "---|" * (2 * len(MODELS) + 2),
     ]
     for dataset in dict.fromkeys(s["dataset"] for s in summary):
         cells = {s["model"]: s for s in summary if s["dataset"] == dataset}
-        row = [fmt(cells[m]["best_mean"], cells[m]["best_sd"]) + " | " + fmt(cells[m]["last_mean"], cells[m]["last_sd"])
-               for m in MODELS]
+        row = [
+            fmt(cells[m]["best_mean"], cells[m]["best_sd"]) + " | " + fmt(cells[m]["last_mean"], cells[m]["last_sd"])
+            for m in MODELS
+        ]
         true = cells[MODELS[0]]["true_test_nll"]
         lines.append(f"| {dataset} | " + " | ".join(row) + f" | {fmt(true, math.nan)} |")
     return "\n".join(lines) + "\n"
@@ -387,12 +459,33 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [done[(d, s)] for d in args.datasets for s in args.seeds]
     rows = [dict(r, map_mass=map_mass(j, r["model"])) for j in jobs for r in j["rows"]]
-    curves = [dict(dataset=j["dataset"], seed=j["seed"], model=m, iteration=i, test_nll=v)
-              for j in jobs for m in MODELS for i, v in zip(j["curves"][m]["iteration"], j["curves"][m]["test_nll"])]
+    curves = [
+        dict(dataset=j["dataset"], seed=j["seed"], model=m, iteration=i, test_nll=v)
+        for j in jobs
+        for m in MODELS
+        for i, v in zip(j["curves"][m]["iteration"], j["curves"][m]["test_nll"])
+    ]
     summary = summarize(jobs)
-    write_csv(out / "results.csv", rows, [
-        "dataset", "seed", "model", "best_test_nll", "best_iteration", "last_test_nll", "iterations", "seconds",
-        "train_seconds", "iters_per_second", "device", "final_log_zeta", "map_mass", "status"])
+    write_csv(
+        out / "results.csv",
+        rows,
+        [
+            "dataset",
+            "seed",
+            "model",
+            "best_test_nll",
+            "best_iteration",
+            "last_test_nll",
+            "iterations",
+            "seconds",
+            "train_seconds",
+            "iters_per_second",
+            "device",
+            "final_log_zeta",
+            "map_mass",
+            "status",
+        ],
+    )
     write_csv(out / "curves.csv", curves, ["dataset", "seed", "model", "iteration", "test_nll"])
     write_csv(out / "summary.csv", summary)
     md = summary_markdown(summary)
@@ -402,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_density_maps(jobs, out / "density_maps.png")
     plot_curves(jobs, out / "nll_curves.png")
     print(md)
-    print(f"Wrote {out}/results.csv, curves.csv, summary.csv, summary.md, density_maps.png, nll_curves.png "
-          f"({time.perf_counter() - start:.0f} s).")
+    print(
+        f"Wrote {out}/results.csv, curves.csv, summary.csv, summary.md, density_maps.png, nll_curves.png "
+        f"({time.perf_counter() - start:.0f} s)."
+    )
     return 0
 
 

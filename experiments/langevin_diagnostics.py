@@ -50,11 +50,19 @@ def main() -> None:
     p.add_argument("--chains", type=int, default=2000)
     p.add_argument("--step-sizes", type=float, nargs="+", default=[1e-4, 1e-5, 1e-6])
     p.add_argument("--num-steps", type=int, default=2000)
-    p.add_argument("--method", choices=("ula", "mala"), default="ula",
-                   help="mala: Metropolis-adjusted, so the chains target q_psi without ULA's bias")
-    p.add_argument("--regress-steps", type=int, default=0,
-                   help="first regress f_psi onto log p_theta at x_o for this many Adam steps "
-                        "(B.8's warm start, one condition): can the EBM represent the posterior at all?")
+    p.add_argument(
+        "--method",
+        choices=("ula", "mala"),
+        default="ula",
+        help="mala: Metropolis-adjusted, so the chains target q_psi without ULA's bias",
+    )
+    p.add_argument(
+        "--regress-steps",
+        type=int,
+        default=0,
+        help="first regress f_psi onto log p_theta at x_o for this many Adam steps "
+        "(B.8's warm start, one condition): can the EBM represent the posterior at all?",
+    )
     p.add_argument("--load", type=Path, help="a file saved by JeffreysNPE.save (skips training)")
     p.add_argument("--save", type=Path, help="save the trained JeffreysNPE here")
     a = p.parse_args()
@@ -63,11 +71,13 @@ def main() -> None:
     task = get_task(a.task)
     builder = energy_nn(temperature=a.temperature)
     if a.load:
-        inference = JeffreysNPE.load(str(a.load), task.get_prior_dist(), show_progress_bars=False,
-                                     energy_estimator=builder)
+        inference = JeffreysNPE.load(
+            str(a.load), task.get_prior_dist(), show_progress_bars=False, energy_estimator=builder
+        )
     else:
-        inference, seconds = algorithm.train_inference(task, a.budget, "jeffreys_npe", a.seed, "cpu",
-                                                       energy_estimator=builder)
+        inference, seconds = algorithm.train_inference(
+            task, a.budget, "jeffreys_npe", a.seed, "cpu", energy_estimator=builder
+        )
         print(f"trained in {seconds:.0f} s")
         if a.save:
             inference.save(str(a.save))
@@ -93,8 +103,10 @@ def main() -> None:
         torch.manual_seed(a.seed)
         s = posterior.sample((a.chains,), x=x, show_progress_bars=False)
         rate = "" if a.method == "ula" else f", acceptance {posterior.acceptance_rate.mean():.3f}"
-        print(f"{a.method.upper()} {a.num_steps} x {step:g}: C2ST {c2st_paper(reference, s):.3f}{rate}, "
-              f"mean {s.mean(0).tolist()} sd {s.std(0).tolist()}")
+        print(
+            f"{a.method.upper()} {a.num_steps} x {step:g}: C2ST {c2st_paper(reference, s):.3f}{rate}, "
+            f"mean {s.mean(0).tolist()} sd {s.std(0).tolist()}"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,16 @@ def commands(config: dict, out: Path, limit: int, only: list[str] | None) -> lis
     for sweep in config["sweeps"]:
         if only and sweep["name"] not in only:
             continue
-        cmd = ["timeout", str(limit), sys.executable, str(ROOT / "experiments" / "sbi_sweep.py"),
-               "--no-progress", "--out", str(out / sweep["name"]), *map(str, sweep["args"])]
+        cmd = [
+            "timeout",
+            str(limit),
+            sys.executable,
+            str(ROOT / "experiments" / "sbi_sweep.py"),
+            "--no-progress",
+            "--out",
+            str(out / sweep["name"]),
+            *map(str, sweep["args"]),
+        ]
         runs.append((sweep["name"], cmd))
     return runs
 

@@ -68,12 +68,16 @@ def win_table(frame: pd.DataFrame, ours: str = "jeffreys_npe", baseline: str = "
     if ours not in wide or baseline not in wide:
         return ""
     wide = wide[[ours, baseline]].dropna()
-    lines = [f"| task | budget | cells where {ours} < {baseline} | seeds where it is lower on average |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"| task | budget | cells where {ours} < {baseline} | seeds where it is lower on average |",
+        "| --- | --- | --- | --- |",
+    ]
     for (task, budget), part in wide.groupby(level=[0, 1]):
         per_seed = part.groupby(level=2).mean()
-        lines.append(f"| {task} | {budget:,} | {int((part[ours] < part[baseline]).sum())} of {len(part)} | "
-                     f"{int((per_seed[ours] < per_seed[baseline]).sum())} of {len(per_seed)} |")
+        lines.append(
+            f"| {task} | {budget:,} | {int((part[ours] < part[baseline]).sum())} of {len(part)} | "
+            f"{int((per_seed[ours] < per_seed[baseline]).sum())} of {len(per_seed)} |"
+        )
     return "\n".join(lines)
 
 

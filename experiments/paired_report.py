@@ -46,25 +46,44 @@ def paired(df: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
     both = pd.concat([a.rename("m"), b.rename("b")], axis=1, join="inner").reset_index()
     rows = []
     for (task, n), cell in both.groupby(["task", "num_simulations"]):
-        rows.append({"task": task, "num_simulations": n, "baseline": baseline, "cells": len(cell),
-                     "wins": int((cell.m < cell.b).sum()), "mean_diff": float((cell.m - cell.b).mean()),
-                     "seeds_won": int((cell.groupby("seed").apply(lambda c: c.m.mean() < c.b.mean())).sum()),
-                     "seeds": int(cell.seed.nunique())})
+        rows.append(
+            {
+                "task": task,
+                "num_simulations": n,
+                "baseline": baseline,
+                "cells": len(cell),
+                "wins": int((cell.m < cell.b).sum()),
+                "mean_diff": float((cell.m - cell.b).mean()),
+                "seeds_won": int((cell.groupby("seed").apply(lambda c: c.m.mean() < c.b.mean())).sum()),
+                "seeds": int(cell.seed.nunique()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def to_markdown(methods: pd.DataFrame, pairs: pd.DataFrame, method: str) -> str:
-    lines = ["| task | budget | method | C2ST mean ± sd | cells | seeds | train s / training | device |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | budget | method | C2ST mean ± sd | cells | seeds | train s / training | device |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in methods.itertuples():
         sd = "" if pd.isna(r.std) else f" ± {r.std:.3f}"
-        lines.append(f"| {r.task} | {r.num_simulations} | {r.method} | {r.mean:.3f}{sd} | {r.cells} | {r.seeds} "
-                     f"| {r.train_s:.0f} | {r.device} |")
-    lines += ["", f"Paired by (seed, observation): cells where `{method}` has the lower C2ST.", "",
-              "| task | budget | against | wins / cells | seeds won | mean difference |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r.task} | {r.num_simulations} | {r.method} | {r.mean:.3f}{sd} | {r.cells} | {r.seeds} "
+            f"| {r.train_s:.0f} | {r.device} |"
+        )
+    lines += [
+        "",
+        f"Paired by (seed, observation): cells where `{method}` has the lower C2ST.",
+        "",
+        "| task | budget | against | wins / cells | seeds won | mean difference |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in pairs.itertuples():
-        lines.append(f"| {r.task} | {r.num_simulations} | {r.baseline} | {r.wins} / {r.cells} "
-                     f"| {r.seeds_won} / {r.seeds} | {r.mean_diff:+.3f} |")
+        lines.append(
+            f"| {r.task} | {r.num_simulations} | {r.baseline} | {r.wins} / {r.cells} "
+            f"| {r.seeds_won} / {r.seeds} | {r.mean_diff:+.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 

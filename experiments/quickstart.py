@@ -35,9 +35,16 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--observation", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=None, help="cap on epochs for every method (default: early stopping)")
-    p.add_argument("--methods", nargs="+", default=["npe", "npe_nsf", "jeffreys_npe"],
-                   choices=available_methods(), help="registered methods to compare")
+    p.add_argument(
+        "--max-epochs", type=int, default=None, help="cap on epochs for every method (default: early stopping)"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["npe", "npe_nsf", "jeffreys_npe"],
+        choices=available_methods(),
+        help="registered methods to compare",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small nets)")
     p.add_argument("--out", default="out/quickstart")
@@ -53,8 +60,9 @@ def main() -> None:
     results, samples = {}, {}
     for method in a.methods:
         start = time.perf_counter()
-        inference, train_seconds = train_inference(task, a.num_simulations, method, a.seed, a.device, train_kwargs,
-                                                   simulations=(theta, x))
+        inference, train_seconds = train_inference(
+            task, a.num_simulations, method, a.seed, a.device, train_kwargs, simulations=(theta, x)
+        )
         posterior = build_posterior(inference, method)
         samples[method], sample_seconds = sample_posterior(posterior, x_o.to(a.device), a.num_samples)
         results[method] = {
@@ -63,8 +71,11 @@ def main() -> None:
             "train_seconds": round(train_seconds, 1),
             "sample_seconds": round(sample_seconds, 2),
         }
-        print(f"{method:13s} C2ST = {results[method]['c2st']:.3f}   ({results[method]['epochs']} epochs, "
-              f"{time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"{method:13s} C2ST = {results[method]['c2st']:.3f}   ({results[method]['epochs']} epochs, "
+            f"{time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
 
     d = theta.shape[1]
     fig, axes = plt.subplots(d, d, figsize=(3 * d, 3 * d), squeeze=False)
@@ -82,8 +93,11 @@ def main() -> None:
             else:
                 ax.axis("off")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{a.task}, {a.num_simulations} simulations, observation {a.observation}\nC2ST: "
-                 + ", ".join(f"{m} {r['c2st']:.3f}" for m, r in results.items()), fontsize=9)
+    fig.suptitle(
+        f"{a.task}, {a.num_simulations} simulations, observation {a.observation}\nC2ST: "
+        + ", ".join(f"{m} {r['c2st']:.3f}" for m, r in results.items()),
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(os.path.join(a.out, "posteriors.png"), dpi=120)
     with open(os.path.join(a.out, "results.json"), "w") as f:

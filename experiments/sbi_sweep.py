@@ -70,55 +70,114 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--tasks", nargs="+", choices=TASKS, metavar="TASK",
-                   help=f"sbibm tasks, among: {', '.join(TASKS)} (default: two_moons gaussian_mixture)")
-    p.add_argument("--budgets", nargs="+", type=int, metavar="N",
-                   help="simulation budgets (default: 1000 10000 100000)")
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=TASKS,
+        metavar="TASK",
+        help=f"sbibm tasks, among: {', '.join(TASKS)} (default: two_moons gaussian_mixture)",
+    )
+    p.add_argument(
+        "--budgets", nargs="+", type=int, metavar="N", help="simulation budgets (default: 1000 10000 100000)"
+    )
     p.add_argument("--seeds", nargs="+", type=int, metavar="S", help="seeds (default: 0 1 2)")
-    p.add_argument("--observations", nargs="+", type=int, metavar="K",
-                   help="sbibm observation indices 1..10 (default: 1 to 10)")
-    p.add_argument("--methods", nargs="+", choices=available_methods(), metavar="METHOD",
-                   help=f"registered methods, among: {', '.join(available_methods())} "
-                        "(default: npe jeffreys_npe jeffreys_npe_langevin)")
+    p.add_argument(
+        "--observations", nargs="+", type=int, metavar="K", help="sbibm observation indices 1..10 (default: 1 to 10)"
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=available_methods(),
+        metavar="METHOD",
+        help=f"registered methods, among: {', '.join(available_methods())} "
+        "(default: npe jeffreys_npe jeffreys_npe_langevin)",
+    )
     p.add_argument("--device", default="cpu", help="training device (default: cpu)")
-    p.add_argument("--devices", nargs="+", metavar="DEV",
-                   help="several devices, assigned round-robin to trainings (overrides --device)")
-    p.add_argument("--sample-devices", nargs="+", metavar="DEV",
-                   help="where JeffreysNPE posteriors sample, round-robin over trainings "
-                        "(e.g. train on --device cpu, run Langevin on cuda:0 cuda:1; "
-                        "default: the training device)")
-    p.add_argument("--c2st-jobs", type=int, default=1, metavar="J",
-                   help="processes scoring one training's C2STs in parallel (default: 1)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="parallel trainings: joblib processes, or LocalCluster workers (default: 1)")
-    p.add_argument("--backend", choices=("local", "dask"), default="local",
-                   help="local: joblib processes; dask: dask.distributed (default: local)")
-    p.add_argument("--scheduler", metavar="ADDRESS",
-                   help="dask scheduler address (tcp://host:8786); without it --backend dask "
-                        "starts a LocalCluster of --jobs workers")
-    p.add_argument("--out", type=Path, default=Path("out/sbi_sweep"),
-                   help="output folder (default: out/sbi_sweep)")
-    p.add_argument("--num-samples", type=int, metavar="N",
-                   help="posterior samples per observation, compared with as many reference "
-                        "samples (default: 10000, sbibm's)")
-    p.add_argument("--c2st", choices=("sbibm", "torch", "paper"), default="sbibm",
-                   help="sbibm: sbibm's MLP C2ST behind its tables; torch: the same classifier and "
-                        "protocol, a cell's observations trained as one batched model on the sampling "
-                        "device; paper: gradient boosting, 30%% test split (default: sbibm)")
-    p.add_argument("--c2st-device", metavar="DEV",
-                   help="device of --c2st torch (default: the sampling device), e.g. cuda:0")
-    p.add_argument("--max-epochs", type=int, metavar="E",
-                   help="cap on training epochs, passed as train(max_num_epochs=E)")
-    p.add_argument("--train-kwargs", type=_json_object, default={}, metavar="JSON",
-                   help="extra keyword arguments for every method's train(), as a JSON object")
-    p.add_argument("--method-kwargs", type=_json_object, default={}, metavar="JSON",
-                   help="extra keyword arguments for every method's constructor, as a JSON object")
-    p.add_argument("--quick", action="store_true",
-                   help="CPU smoke run: two_moons and gaussian_mixture, 1000 simulations, seed 0, "
-                        "observation 1, 1000 samples, at most 20 epochs (explicit options win)")
-    p.add_argument("--torch-threads", type=int, default=1, metavar="T",
-                   help="CPU threads per training (torch and BLAS); 0 = the libraries' "
-                        "defaults (default: 1, fastest for these small networks)")
+    p.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="DEV",
+        help="several devices, assigned round-robin to trainings (overrides --device)",
+    )
+    p.add_argument(
+        "--sample-devices",
+        nargs="+",
+        metavar="DEV",
+        help="where JeffreysNPE posteriors sample, round-robin over trainings "
+        "(e.g. train on --device cpu, run Langevin on cuda:0 cuda:1; "
+        "default: the training device)",
+    )
+    p.add_argument(
+        "--c2st-jobs",
+        type=int,
+        default=1,
+        metavar="J",
+        help="processes scoring one training's C2STs in parallel (default: 1)",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=1, help="parallel trainings: joblib processes, or LocalCluster workers (default: 1)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "dask"),
+        default="local",
+        help="local: joblib processes; dask: dask.distributed (default: local)",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask scheduler address (tcp://host:8786); without it --backend dask "
+        "starts a LocalCluster of --jobs workers",
+    )
+    p.add_argument("--out", type=Path, default=Path("out/sbi_sweep"), help="output folder (default: out/sbi_sweep)")
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        metavar="N",
+        help="posterior samples per observation, compared with as many reference samples (default: 10000, sbibm's)",
+    )
+    p.add_argument(
+        "--c2st",
+        choices=("sbibm", "torch", "paper"),
+        default="sbibm",
+        help="sbibm: sbibm's MLP C2ST behind its tables; torch: the same classifier and "
+        "protocol, a cell's observations trained as one batched model on the sampling "
+        "device; paper: gradient boosting, 30%% test split (default: sbibm)",
+    )
+    p.add_argument(
+        "--c2st-device", metavar="DEV", help="device of --c2st torch (default: the sampling device), e.g. cuda:0"
+    )
+    p.add_argument(
+        "--max-epochs", type=int, metavar="E", help="cap on training epochs, passed as train(max_num_epochs=E)"
+    )
+    p.add_argument(
+        "--train-kwargs",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="extra keyword arguments for every method's train(), as a JSON object",
+    )
+    p.add_argument(
+        "--method-kwargs",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="extra keyword arguments for every method's constructor, as a JSON object",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU smoke run: two_moons and gaussian_mixture, 1000 simulations, seed 0, "
+        "observation 1, 1000 samples, at most 20 epochs (explicit options win)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        metavar="T",
+        help="CPU threads per training (torch and BLAS); 0 = the libraries' "
+        "defaults (default: 1, fastest for these small networks)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -134,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     from sbi_jeffreys.benchmark.sweep import run_sweep
 
     report = run_sweep(
-        pick["tasks"], pick["budgets"], pick["seeds"], pick["observations"], pick["methods"],
+        pick["tasks"],
+        pick["budgets"],
+        pick["seeds"],
+        pick["observations"],
+        pick["methods"],
         args.out,
         num_samples=pick["num_samples"],
         c2st=args.c2st,

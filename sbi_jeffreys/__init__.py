@@ -7,7 +7,14 @@ happen on first access, so ``sbi_jeffreys.registry`` and the engine stay light.
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["JeffreysNPE", "LangevinPosterior", "JeffreysDensityEstimator", "PAPER_D4", "get_method", "available_methods"]
+__all__ = [
+    "JeffreysNPE",
+    "LangevinPosterior",
+    "JeffreysDensityEstimator",
+    "PAPER_D4",
+    "get_method",
+    "available_methods",
+]
 
 
 def __getattr__(name: str):

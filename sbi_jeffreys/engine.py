@@ -122,14 +122,20 @@ class JeffreysTrainer:
         self.config = config = config or JeffreysConfig()
         device = next(flow.parameters()).device
         self.dual = DualState(
-            init=config.multiplier_init, lr=config.multiplier_lr, zeta_lr=config.zeta_multiplier_lr,
-            optimizer=config.multiplier_optimizer, negative_nll=config.negative_nll,
+            init=config.multiplier_init,
+            lr=config.multiplier_lr,
+            zeta_lr=config.zeta_multiplier_lr,
+            optimizer=config.multiplier_optimizer,
+            negative_nll=config.negative_nll,
         ).to(device)
         # a recorded step keeps Adam's step counts on the device (capturable); CPU runs eagerly
         graph = config.cuda_graph and device.type == "cuda"
-        self.opt_flow = torch.optim.Adam(flow.parameters(), lr=config.flow_lr, betas=config.flow_betas or config.betas,
-                                         capturable=graph)
-        self.opt_energy = torch.optim.Adam(energy.parameters(), lr=config.energy_lr, betas=config.betas, capturable=graph)
+        self.opt_flow = torch.optim.Adam(
+            flow.parameters(), lr=config.flow_lr, betas=config.flow_betas or config.betas, capturable=graph
+        )
+        self.opt_energy = torch.optim.Adam(
+            energy.parameters(), lr=config.energy_lr, betas=config.betas, capturable=graph
+        )
         if graph and self.dual.opt is not None:  # DualState builds its own Adam
             self.dual.opt.param_groups[0]["capturable"] = True
         self._graph = StepGraph(self._accumulated_step) if graph else None
@@ -284,7 +290,9 @@ class JeffreysTrainer:
         At the end the best state under ``monitor`` (if validated) is restored.
         """
         huge = max_epochs > 10**7  # sbi's "no limit" default
-        bar = tqdm(total=None if huge else max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training")
+        bar = tqdm(
+            total=None if huge else max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training"
+        )
         if self._good is None:
             self._good = self._snapshot()  # so that even the first log point can roll back
         count = 0
@@ -312,14 +320,21 @@ class JeffreysTrainer:
                 self.history.setdefault(key, []).append(v)
             bar.set_postfix({k: f"{record[k]:.3g}" for k in ("nll_p", monitor, "log_zeta") if k in record})
             if monitor in record and (self.best is None or record[monitor] < self.best["metric"]):
-                self.best = {"metric": record[monitor], "epoch": self.epoch,
-                             "flow": _clone(self.flow.state_dict()), "energy": _clone(self.energy.state_dict())}
+                self.best = {
+                    "metric": record[monitor],
+                    "epoch": self.epoch,
+                    "flow": _clone(self.flow.state_dict()),
+                    "energy": _clone(self.energy.state_dict()),
+                }
             if on_log is not None:
                 on_log(self.epoch, record)
             if checkpoint is not None:
                 checkpoint(self)
-            if (stop_after_epochs is not None and self.best is not None
-                    and self.epoch - self.best["epoch"] >= stop_after_epochs):
+            if (
+                stop_after_epochs is not None
+                and self.best is not None
+                and self.epoch - self.best["epoch"] >= stop_after_epochs
+            ):
                 break
         bar.close()
         if self.best is not None:
@@ -331,7 +346,9 @@ class JeffreysTrainer:
     def _healthy(self, record: dict[str, float]) -> bool:
         # the step statistics predate each step's update: check the weights too, else NaN
         # weights from an epoch's last step would be snapshotted as the last good state
-        if not all(bool(torch.isfinite(p).all()) for p in (*self.flow.parameters(), *self.energy.parameters(), self.dual.lam)):
+        if not all(
+            bool(torch.isfinite(p).all()) for p in (*self.flow.parameters(), *self.energy.parameters(), self.dual.lam)
+        ):
             record["parameters"] = float("nan")
         finite = all(math.isfinite(v) for v in record.values())
         # a runaway log zeta either way (per condition, via its mean square) is a divergence too
@@ -344,15 +361,22 @@ class JeffreysTrainer:
         with a warning), raises :class:`TrainingDivergedError` when none ever existed."""
         bad = {k: v for k, v in record.items() if not math.isfinite(v) or k.startswith("log_zeta")}
         if self._good is None or self.rollbacks >= self.config.max_rollbacks:
-            message = (f"Training diverged at epoch {self.epoch} (step {self.step_count}): {bad}. "
-                       f"{self.rollbacks} rollback(s) already spent")
+            message = (
+                f"Training diverged at epoch {self.epoch} (step {self.step_count}): {bad}. "
+                f"{self.rollbacks} rollback(s) already spent"
+            )
             if self.best is None:
                 raise TrainingDivergedError(
                     f"{message}, and no validated state exists to fall back on; lower the learning "
-                    "rates, raise num_zeta_samples or use a smaller EBM temperature.")
+                    "rates, raise num_zeta_samples or use a smaller EBM temperature."
+                )
             self.diverged = True
-            warnings.warn(f"{message}; stopping with the best validated state (epoch {self.best['epoch']}, "
-                          f"{self.best['metric']:.4g}). The history up to here is kept.", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{message}; stopping with the best validated state (epoch {self.best['epoch']}, "
+                f"{self.best['metric']:.4g}). The history up to here is kept.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             return False
         self.rollbacks += 1
         good, diverged_at = self._good, self.epoch
@@ -365,18 +389,25 @@ class JeffreysTrainer:
         warnings.warn(
             f"Divergence at epoch {diverged_at} ({bad}); rolled back to epoch {good['epoch']} "
             f"and halved the learning rates (rollback {self.rollbacks}/{self.config.max_rollbacks}).",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
         return True
 
     # ------------------------------------------------------------------ state
     def _snapshot(self) -> dict:
-        return _clone({
-            "flow": self.flow.state_dict(), "energy": self.energy.state_dict(), "dual": self.dual.state_dict(),
-            "opt_flow": self.opt_flow.state_dict(), "opt_energy": self.opt_energy.state_dict(),
-            "opt_dual": self.dual.opt.state_dict() if self.dual.opt is not None else {},
-            "epoch": self.epoch, "step": self.step_count,
-        })
+        return _clone(
+            {
+                "flow": self.flow.state_dict(),
+                "energy": self.energy.state_dict(),
+                "dual": self.dual.state_dict(),
+                "opt_flow": self.opt_flow.state_dict(),
+                "opt_energy": self.opt_energy.state_dict(),
+                "opt_dual": self.dual.opt.state_dict() if self.dual.opt is not None else {},
+                "epoch": self.epoch,
+                "step": self.step_count,
+            }
+        )
 
     def _restore(self, snap: dict) -> None:
         # optimizers' load_state_dict keeps references to the given tensors: restore a copy, else
@@ -398,13 +429,18 @@ class JeffreysTrainer:
         """The complete training state: models, multipliers, optimizers, counters, history,
         best state, config and RNG (so that a resumed run continues exactly)."""
         state = self._snapshot()
-        state.update({
-            "rollbacks": self.rollbacks, "history": copy.deepcopy(self.history), "best": self.best,
-            "good": self._good, "config": asdict(self.config),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "zeta_cache": list(self._zeta_cache) if self._zeta_cache is not None else [],
-        })
+        state.update(
+            {
+                "rollbacks": self.rollbacks,
+                "history": copy.deepcopy(self.history),
+                "best": self.best,
+                "good": self._good,
+                "config": asdict(self.config),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "zeta_cache": list(self._zeta_cache) if self._zeta_cache is not None else [],
+            }
+        )
         return state
 
     def load_state_dict(self, state: dict) -> None:

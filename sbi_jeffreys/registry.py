@@ -120,6 +120,4 @@ def get_method(name: str) -> MethodSpec:
     try:
         return METHODS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown method {name!r}; valid methods are: {', '.join(available_methods())}"
-        ) from None
+        raise ValueError(f"Unknown method {name!r}; valid methods are: {', '.join(available_methods())}") from None

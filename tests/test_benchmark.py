@@ -41,8 +41,6 @@ needs_jeffreys = pytest.mark.skipif(
 )
 
 
-
-
 def _tiny_train(method: str) -> dict:
     """Two epochs; for JeffreysNPE also a short warm start of the energy model (B.8)."""
     return dict(TINY_TRAIN, **({"warm_start_steps": 2} if method.startswith("jeffreys") else {}))
@@ -67,8 +65,7 @@ def test_registry_resolves_npe_and_jeffreys_lazily():
     assert get_method("npe").load() is NPE
     assert get_method("jeffreys_npe").posterior_kwargs["sample_with"] == "flow"
     assert get_method("jeffreys_npe_langevin").posterior_kwargs["sample_with"] == "langevin"
-    assert (get_method("jeffreys_npe").training_key
-            == get_method("jeffreys_npe_langevin").training_key)
+    assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_langevin").training_key
     assert get_method("npe").training_key != get_method("npe_nsf").training_key
     # Importing the registry imports neither sbi nor the JeffreysNPE adapter beyond what
     # the package itself imports.
@@ -156,12 +153,16 @@ def test_c2st_same_distribution_near_half_separated_near_one():
 
 @pytest.mark.parametrize(
     "method",
-    [pytest.param(m, marks=needs_jeffreys) if m.startswith("jeffreys") else m
-     for m in available_methods()],
+    [pytest.param(m, marks=needs_jeffreys) if m.startswith("jeffreys") else m for m in available_methods()],
 )
 def test_adapter_returns_sbibm_shapes(method):
     samples, used, log_prob_true = run_method(
-        "two_moons", 50, 200, num_observation=3, method=method, seed=1,
+        "two_moons",
+        50,
+        200,
+        num_observation=3,
+        method=method,
+        seed=1,
         train_kwargs=_tiny_train(method),
     )
     assert samples.shape == (50, 2) and samples.device.type == "cpu"
@@ -171,14 +172,14 @@ def test_adapter_returns_sbibm_shapes(method):
 
 def test_adapter_accepts_an_observation_tensor():
     task = get_task("gaussian_linear")
-    samples, used, _ = run_method(
-        task, 30, 200, observation=task.get_observation(2), seed=1, train_kwargs=TINY_TRAIN
-    )
+    samples, used, _ = run_method(task, 30, 200, observation=task.get_observation(2), seed=1, train_kwargs=TINY_TRAIN)
     assert samples.shape == (30, 10) and used == 200
 
 
 def test_adapter_same_seed_same_numbers():
-    run = lambda: run_method("slcp", 20, 200, num_observation=1, seed=3, train_kwargs=TINY_TRAIN)[0]
+    def run():
+        return run_method("slcp", 20, 200, num_observation=1, seed=3, train_kwargs=TINY_TRAIN)[0]
+
     torch.testing.assert_close(run(), run(), rtol=0, atol=0)
     with pytest.raises(ValueError, match="exactly one"):
         run_method("slcp", 20, 200, seed=3)
@@ -200,8 +201,17 @@ def test_store_never_duplicates_rows(tmp_path):
 
 def test_tiny_sweep_writes_results_summary_and_figure(tmp_path):
     report = run_sweep(
-        ["two_moons", "gaussian_mixture"], [200], [0], [1], ["npe"], tmp_path,
-        num_samples=200, c2st="paper", train_kwargs=TINY_TRAIN, n_jobs=2, progress=False,
+        ["two_moons", "gaussian_mixture"],
+        [200],
+        [0],
+        [1],
+        ["npe"],
+        tmp_path,
+        num_samples=200,
+        c2st="paper",
+        train_kwargs=TINY_TRAIN,
+        n_jobs=2,
+        progress=False,
     )
     assert report.failures == [] and report.units_run == 2 and report.rows_written == 2
     rows = _rows(tmp_path / "results.csv")
@@ -212,15 +222,37 @@ def test_tiny_sweep_writes_results_summary_and_figure(tmp_path):
         assert r["device"] == "cpu" and r["num_simulations"] == "200"
     summary = _rows(tmp_path / "summary.csv")
     assert {(r["task"], r["num_simulations"], r["method"]) for r in summary} == {
-        ("two_moons", "200", "npe"), ("gaussian_mixture", "200", "npe")}
+        ("two_moons", "200", "npe"),
+        ("gaussian_mixture", "200", "npe"),
+    }
     assert (tmp_path / "c2st_vs_budget.png").stat().st_size > 10_000
     # a rerun skips everything; other settings in the same folder are refused
-    again = run_sweep(["two_moons", "gaussian_mixture"], [200], [0], [1], ["npe"], tmp_path,
-                      num_samples=200, c2st="paper", train_kwargs=TINY_TRAIN, progress=False)
+    again = run_sweep(
+        ["two_moons", "gaussian_mixture"],
+        [200],
+        [0],
+        [1],
+        ["npe"],
+        tmp_path,
+        num_samples=200,
+        c2st="paper",
+        train_kwargs=TINY_TRAIN,
+        progress=False,
+    )
     assert again.units_run == 0 and again.units_skipped == 2
     with pytest.raises(ValueError, match="other settings"):
-        run_sweep(["two_moons"], [200], [0], [1], ["npe"], tmp_path,
-                  num_samples=200, c2st="sbibm", train_kwargs=TINY_TRAIN, progress=False)
+        run_sweep(
+            ["two_moons"],
+            [200],
+            [0],
+            [1],
+            ["npe"],
+            tmp_path,
+            num_samples=200,
+            c2st="sbibm",
+            train_kwargs=TINY_TRAIN,
+            progress=False,
+        )
 
 
 def test_figure_gives_each_method_one_colour_in_every_panel():
@@ -228,14 +260,21 @@ def test_figure_gives_each_method_one_colour_in_every_panel():
 
     matplotlib.use("Agg")
     import pandas as pd
+
     from sbi_jeffreys.benchmark.sweep import c2st_figure
 
     # slcp has no JeffreysNPE cell at 10^3: its NPE line must still wear NPE's colour
-    summary = pd.DataFrame([
-        dict(task="two_moons", num_simulations=n, method=m, c2st_mean=0.7, c2st_sd=0.01)
-        for n in (1000, 10000) for m in ("jeffreys_npe", "npe")
-    ] + [dict(task="slcp", num_simulations=1000, method="npe", c2st_mean=0.9, c2st_sd=0.01),
-         dict(task="slcp", num_simulations=10000, method="jeffreys_npe", c2st_mean=0.8, c2st_sd=0.01)])
+    summary = pd.DataFrame(
+        [
+            dict(task="two_moons", num_simulations=n, method=m, c2st_mean=0.7, c2st_sd=0.01)
+            for n in (1000, 10000)
+            for m in ("jeffreys_npe", "npe")
+        ]
+        + [
+            dict(task="slcp", num_simulations=1000, method="npe", c2st_mean=0.9, c2st_sd=0.01),
+            dict(task="slcp", num_simulations=10000, method="jeffreys_npe", c2st_mean=0.8, c2st_sd=0.01),
+        ]
+    )
     fig = c2st_figure(summary)
     colours: dict[str, set] = {}
     for ax in fig.axes:
@@ -270,15 +309,27 @@ def test_batched_sampling_keeps_each_observation_with_its_samples():
 @needs_jeffreys
 def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(tmp_path):
     report = run_sweep(
-        ["two_moons"], [200], [0], [1, 2], ["jeffreys_npe", "jeffreys_npe_langevin"], tmp_path,
-        num_samples=100, c2st="paper", train_kwargs=_tiny_train("jeffreys"), progress=False,
-        sample_devices=["cpu"], c2st_jobs=2,
+        ["two_moons"],
+        [200],
+        [0],
+        [1, 2],
+        ["jeffreys_npe", "jeffreys_npe_langevin"],
+        tmp_path,
+        num_samples=100,
+        c2st="paper",
+        train_kwargs=_tiny_train("jeffreys"),
+        progress=False,
+        sample_devices=["cpu"],
+        c2st_jobs=2,
     )
     assert report.failures == [] and report.units_run == 1 and report.rows_written == 4
     rows = _rows(tmp_path / "results.csv")
     assert sorted((r["method"], r["observation"]) for r in rows) == [
-        ("jeffreys_npe", "1"), ("jeffreys_npe", "2"),
-        ("jeffreys_npe_langevin", "1"), ("jeffreys_npe_langevin", "2")]
+        ("jeffreys_npe", "1"),
+        ("jeffreys_npe", "2"),
+        ("jeffreys_npe_langevin", "1"),
+        ("jeffreys_npe_langevin", "2"),
+    ]
     assert len({r["train_seconds"] for r in rows}) <= 2  # one training (plus each build)
     assert all(0.0 <= float(r["c2st"]) <= 1.0 and r["device"] == "cpu" for r in rows)
     langevin = [float(r["sample_seconds"]) for r in rows if r["method"] == "jeffreys_npe_langevin"]
@@ -286,8 +337,17 @@ def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(
 
 
 def test_failed_training_is_reported_and_writes_no_row(tmp_path):
-    report = run_sweep(["two_moons"], [200], [0], [1], ["npe"], tmp_path, num_samples=50,
-                       train_kwargs={"not_an_option": 1}, progress=False)
+    report = run_sweep(
+        ["two_moons"],
+        [200],
+        [0],
+        [1],
+        ["npe"],
+        tmp_path,
+        num_samples=50,
+        train_kwargs={"not_an_option": 1},
+        progress=False,
+    )
     assert len(report.failures) == 1 and "not_an_option" in report.failures[0][2]
     assert not (tmp_path / "results.csv").exists()
 
@@ -295,25 +355,52 @@ def test_failed_training_is_reported_and_writes_no_row(tmp_path):
 def test_dask_backend_on_local_cluster(tmp_path):
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         report = run_sweep(
-            ["two_moons"], [200], [0, 1], [1, 2], ["npe"], tmp_path, num_samples=100,
-            c2st="paper", train_kwargs=TINY_TRAIN, backend="dask",
-            scheduler=cluster.scheduler_address, progress=False,
+            ["two_moons"],
+            [200],
+            [0, 1],
+            [1, 2],
+            ["npe"],
+            tmp_path,
+            num_samples=100,
+            c2st="paper",
+            train_kwargs=TINY_TRAIN,
+            backend="dask",
+            scheduler=cluster.scheduler_address,
+            progress=False,
         )
     assert report.failures == [] and report.units_run == 2
     rows = _rows(tmp_path / "results.csv")
-    assert sorted(_keys(rows)) == sorted(
-        ("two_moons", "200", str(s), str(o), "npe") for s in (0, 1) for o in (1, 2))
+    assert sorted(_keys(rows)) == sorted(("two_moons", "200", str(s), str(o), "npe") for s in (0, 1) for o in (1, 2))
     assert (tmp_path / "summary.csv").exists() and (tmp_path / "c2st_vs_budget.png").exists()
 
 
 def test_sweep_killed_with_sigkill_resumes_without_duplicates(tmp_path):
     budgets = [str(b) for b in range(200, 1000, 100)]  # 8 trainings
-    cmd = [sys.executable, str(SCRIPT), "--tasks", "two_moons", "--budgets", *budgets,
-           "--seeds", "0", "--observations", "1", "--methods", "npe", "--num-samples", "100",
-           "--c2st", "paper", "--max-epochs", "2", "--no-progress", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--tasks",
+        "two_moons",
+        "--budgets",
+        *budgets,
+        "--seeds",
+        "0",
+        "--observations",
+        "1",
+        "--methods",
+        "npe",
+        "--num-samples",
+        "100",
+        "--c2st",
+        "paper",
+        "--max-epochs",
+        "2",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
     results = tmp_path / "results.csv"
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -347,13 +434,28 @@ def _write_results(folder: Path, rows: list[dict]) -> None:
 
 def test_merge_sweeps_tables_and_refuses_duplicates(tmp_path):
     def row(method, seed, obs, c2st):
-        return dict(task="two_moons", num_simulations=1000, seed=seed, observation=obs, method=method,
-                    c2st=c2st, train_seconds=1.0, sample_seconds=0.1)
+        return dict(
+            task="two_moons",
+            num_simulations=1000,
+            seed=seed,
+            observation=obs,
+            method=method,
+            c2st=c2st,
+            train_seconds=1.0,
+            sample_seconds=0.1,
+        )
 
     # JeffreysNPE lower in 3 of 4 (seed, observation) cells and in seed 0 only on average
     _write_results(tmp_path / "npe", [row("npe", s, o, 0.8) for s in (0, 1) for o in (1, 2)])
-    _write_results(tmp_path / "jeffreys", [row("jeffreys_npe", 0, 1, 0.6), row("jeffreys_npe", 0, 2, 0.7),
-                                           row("jeffreys_npe", 1, 1, 0.7), row("jeffreys_npe", 1, 2, 0.95)])
+    _write_results(
+        tmp_path / "jeffreys",
+        [
+            row("jeffreys_npe", 0, 1, 0.6),
+            row("jeffreys_npe", 0, 2, 0.7),
+            row("jeffreys_npe", 1, 1, 0.7),
+            row("jeffreys_npe", 1, 2, 0.95),
+        ],
+    )
     script = Path(__file__).resolve().parents[1] / "experiments" / "merge_sweeps.py"
     run = [sys.executable, str(script), "--out", str(tmp_path / "merged")]
     res = subprocess.run(run + [str(tmp_path / "npe"), str(tmp_path / "jeffreys")], capture_output=True, text=True)

@@ -23,8 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(flow_transforms=2, flow_hidden=(32, 32), energy_width=32, energy_blocks=2)
 
 
-
-
 @pytest.fixture(scope="module")
 def ring8():
     return load_toy2d("ring8", num_train=256, num_test=1000, seed=0)
@@ -86,8 +84,12 @@ def test_nf_learns(ring8):
 
 def test_minibatches_and_same_seed(ring8):
     train, _ = ring8
-    runs = [NFDensityEstimator(2, flow_transforms=1, flow_hidden=(8,), seed=3).fit(
-        train, iterations=8, batch_size=100, eval_every=6, show_progress=False) for _ in range(2)]
+    runs = [
+        NFDensityEstimator(2, flow_transforms=1, flow_hidden=(8,), seed=3).fit(
+            train, iterations=8, batch_size=100, eval_every=6, show_progress=False
+        )
+        for _ in range(2)
+    ]
     assert runs[0].history["iteration"] == [6, 9]  # 3 steps per epoch, rounded up to whole epochs
     assert torch.equal(runs[0].log_prob(train[:5]), runs[1].log_prob(train[:5]))
 
@@ -141,9 +143,27 @@ def test_bad_config():
 
 def test_density2d_script(tmp_path):
     out = tmp_path / "tmp"
-    cmd = [sys.executable, str(ROOT / "experiments" / "density2d.py"), "--quick", "--datasets", "ring8", "--seeds", "0",
-           "--iterations", "50", "--eval-every", "25", "--num-train", "128", "--num-test", "500",
-           "--num-zeta-samples", "64", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "density2d.py"),
+        "--quick",
+        "--datasets",
+        "ring8",
+        "--seeds",
+        "0",
+        "--iterations",
+        "50",
+        "--eval-every",
+        "25",
+        "--num-train",
+        "128",
+        "--num-test",
+        "500",
+        "--num-zeta-samples",
+        "64",
+        "--out",
+        str(out),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -156,8 +176,9 @@ def test_density2d_script(tmp_path):
         mass = float(r["map_mass"])
         assert (0.5 < mass < 1.1) if r["model"] != "jeffreys_q" else mass > 0, (r["model"], mass)
     curves = list(csv.DictReader(open(out / "curves.csv")))
-    assert {(c["model"], c["iteration"]) for c in curves} == {(m, i) for m in ("jeffreys_p", "jeffreys_q", "nf")
-                                                             for i in ("25", "50")}
+    assert {(c["model"], c["iteration"]) for c in curves} == {
+        (m, i) for m in ("jeffreys_p", "jeffreys_q", "nf") for i in ("25", "50")
+    }
     for name in ("density_maps.png", "nll_curves.png", "summary.csv", "summary.md"):
         assert (out / name).stat().st_size > 0, name
     # a re-run reuses the finished job instead of training again

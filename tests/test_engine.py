@@ -13,8 +13,6 @@ from sbi_jeffreys.nets import ResidualEnergy, UnconditionalFlow, build_nsf
 from sbi_jeffreys.objective import DualState
 
 
-
-
 def make_models(seed: int, transforms: int = 2, hidden: int = 16):
     torch.manual_seed(seed)
     flow = UnconditionalFlow(build_nsf(2, transforms=transforms, hidden_features=(hidden, hidden)), 2)
@@ -104,8 +102,15 @@ def test_joint_evaluation_equals_separate_calls():
 )
 def test_resume_continues_exactly(tmp_path, estimator, optimizer, zeta_every):
     def config():
-        return JeffreysConfig(num_zeta_samples=64, gradient_estimator=estimator, multiplier_optimizer=optimizer,
-                              zeta_every=zeta_every, multiplier_lr=1e-2, zeta_multiplier_lr=1e-2, flow_lr=3e-3)
+        return JeffreysConfig(
+            num_zeta_samples=64,
+            gradient_estimator=estimator,
+            multiplier_optimizer=optimizer,
+            zeta_every=zeta_every,
+            multiplier_lr=1e-2,
+            zeta_multiplier_lr=1e-2,
+            flow_lr=3e-3,
+        )
 
     batches = make_batches(DATA, 32)
     # run A: 6 epochs uninterrupted
@@ -314,7 +319,13 @@ def test_runaway_zeta_guard():
     [
         (torch.tensor([[0.0, float("nan")]]), None, None, ValueError, "NaN or inf"),
         (torch.tensor([[0.0, float("inf")]]), None, None, ValueError, "NaN or inf"),
-        (torch.zeros(4, 2), torch.tensor([[1.0], [float("-inf")], [0.0], [0.0]]), None, ValueError, "context contains NaN"),
+        (
+            torch.zeros(4, 2),
+            torch.tensor([[1.0], [float("-inf")], [0.0], [0.0]]),
+            None,
+            ValueError,
+            "context contains NaN",
+        ),
         (torch.zeros(4), None, None, ValueError, r"shape \(batch, features\)"),
         (torch.zeros(4, 2, 1), None, None, ValueError, r"shape \(batch, features\)"),
         (torch.zeros(0, 2), None, None, ValueError, "batch > 0"),
@@ -368,8 +379,14 @@ def test_early_stopping_stops_and_restores_best():
         seen[epoch] = {k: v.clone() for k, v in state_tensors(tr).items()}
 
     torch.manual_seed(0)
-    hist = tr.fit(make_batches(DATA, 64), 10, validate=lambda: {"val_nll_p": next(script)},
-                  stop_after_epochs=2, on_log=on_log, show_progress=False)
+    hist = tr.fit(
+        make_batches(DATA, 64),
+        10,
+        validate=lambda: {"val_nll_p": next(script)},
+        stop_after_epochs=2,
+        on_log=on_log,
+        show_progress=False,
+    )
     assert tr.epoch == 5 and sorted(seen) == [1, 2, 3, 4, 5]
     assert hist["val_nll_p"] == [5.0, 4.0, 3.0, 3.5, 3.6]
     assert tr.best["epoch"] == 3 and tr.best["metric"] == 3.0

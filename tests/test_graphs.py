@@ -90,9 +90,15 @@ def _jeffreys_npe(graph: bool):
     inference = JeffreysNPE(prior, device="cuda", show_progress_bars=False, tracker=_NullTracker())
     # 297 training pairs in batches of 50: five full batches and, as sbi drops it unless told
     # otherwise, a ragged one of 47 per epoch
-    inference.append_simulations(theta, x).train(training_batch_size=50, max_num_epochs=5, stop_after_epochs=100,
-                                                 num_zeta_samples=8, warm_start_steps=5, cuda_graph=graph,
-                                                 dataloader_kwargs={"drop_last": False})
+    inference.append_simulations(theta, x).train(
+        training_batch_size=50,
+        max_num_epochs=5,
+        stop_after_epochs=100,
+        num_zeta_samples=8,
+        warm_start_steps=5,
+        cuda_graph=graph,
+        dataloader_kwargs={"drop_last": False},
+    )
     return inference
 
 

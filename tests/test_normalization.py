@@ -25,13 +25,22 @@ def two_moons():
 
 def test_two_moons_2000_steps_keep_every_condition_normalized(two_moons):
     theta, x = two_moons
-    train_t, train_x, test_t, test_x = theta[:1000], x[:1000], theta[1000:], x[1000:]
+    train_t, train_x, _test_t, test_x = theta[:1000], x[:1000], theta[1000:], x[1000:]
     torch.manual_seed(0)
     flow = reparameterized(posterior_nn("nsf", hidden_features=32, num_transforms=3)(train_t, train_x))
     energy = energy_nn(width=32, blocks=2)(train_t, train_x)
-    cfg = JeffreysConfig(flow_lr=1e-3, energy_lr=5e-4, multiplier_lr=1e-3, zeta_multiplier_lr=1e-2, eps_zeta=1.0,
-                         zeta_constraint="per_condition", num_zeta_samples=16, num_rv_samples=1,
-                         flow_betas=(0.9, 0.999), clip_max_norm=5.0)
+    cfg = JeffreysConfig(
+        flow_lr=1e-3,
+        energy_lr=5e-4,
+        multiplier_lr=1e-3,
+        zeta_multiplier_lr=1e-2,
+        eps_zeta=1.0,
+        zeta_constraint="per_condition",
+        num_zeta_samples=16,
+        num_rv_samples=1,
+        flow_betas=(0.9, 0.999),
+        clip_max_norm=5.0,
+    )
     tr = JeffreysTrainer(flow, energy, cfg)
     kl = []
     for step in range(2000):

@@ -9,8 +9,8 @@ from torch import nn
 
 from sbi_jeffreys.nets import FiLMResidualEnergy, ResidualEnergy, UnconditionalFlow, build_nsf
 from sbi_jeffreys.objective import (
-    DualState,
     MULTIPLIERS,
+    DualState,
     Terms,
     constraint_slacks,
     lagrangian_value,
@@ -24,8 +24,6 @@ from sbi_jeffreys.objective import (
 from sbi_jeffreys.objective.lagrangian import constraint_values
 
 LAM = torch.tensor([0.7, 0.3, 0.5, 0.2, 0.1])
-
-
 
 
 def _grads(out, params):
@@ -46,9 +44,14 @@ def _assert_grads_close(g1, g2, atol=1e-10, rtol=1e-7):
 # --------------------------------------------------------------------------- 1. log_partition
 def test_log_partition_recovers_gaussian_normaliser():
     g = torch.Generator().manual_seed(0)
-    mu, cov = torch.tensor([0.5, -1.0], dtype=torch.float64), torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    mu, cov = (
+        torch.tensor([0.5, -1.0], dtype=torch.float64),
+        torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64),
+    )
     target = torch.distributions.MultivariateNormal(mu, cov)
-    proposal = torch.distributions.MultivariateNormal(torch.zeros(2, dtype=torch.float64), 2.0 * torch.eye(2, dtype=torch.float64))
+    proposal = torch.distributions.MultivariateNormal(
+        torch.zeros(2, dtype=torch.float64), 2.0 * torch.eye(2, dtype=torch.float64)
+    )
     m, c = 20_000, 1.7
     y = proposal.loc + torch.randn(m, 2, generator=g, dtype=torch.float64) @ proposal.scale_tril.T
     log_f = (target.log_prob(y) + c).unsqueeze(-1)  # (M, 1)
@@ -161,15 +164,18 @@ def _terms_psi(conditional: bool, reparameterized: bool, seed: int = 0):
 @pytest.mark.parametrize("negative_nll", [True, False])
 @pytest.mark.parametrize("kl_weight", [1.0, 0.5])
 @pytest.mark.parametrize("zeta_constraint", ["box", "per_condition"])
-def test_psi_gradient_of_surrogate_equals_lagrangian(conditional, reparameterized, negative_nll, kl_weight,
-                                                     zeta_constraint):
+def test_psi_gradient_of_surrogate_equals_lagrangian(
+    conditional, reparameterized, negative_nll, kl_weight, zeta_constraint
+):
     t, params = _terms_psi(conditional, reparameterized)
-    lag = lagrangian_value(t, LAM.double(), eps_zeta=0.1, negative_nll=negative_nll, kl_weight=kl_weight,
-                           zeta_constraint=zeta_constraint)
+    lag = lagrangian_value(
+        t, LAM.double(), eps_zeta=0.1, negative_nll=negative_nll, kl_weight=kl_weight, zeta_constraint=zeta_constraint
+    )
     ref = _grads(lag, params)
     for baseline in (True, False):
-        sur = primal_surrogate(t, LAM.double(), kl_weight=kl_weight, baseline=baseline,
-                               zeta_constraint=zeta_constraint, eps_zeta=0.1)
+        sur = primal_surrogate(
+            t, LAM.double(), kl_weight=kl_weight, baseline=baseline, zeta_constraint=zeta_constraint, eps_zeta=0.1
+        )
         _assert_grads_close(_grads(sur, params), ref)
     # sanity: the comparison is sensitive to swapping two multipliers
     swapped = LAM.double()[[0, 2, 1, 3, 4]]
@@ -186,8 +192,14 @@ def test_psi_gradient_matches_eq15_written_out():
     x, y, yz = (torch.randn(s, 1, 2, dtype=torch.float64) for s in (9, 6, 13))
     logp_z = torch.randn(13, 1, dtype=torch.float64) - 2
     f_z = energy(yz)
-    t = Terms(torch.randn(9, dtype=torch.float64), energy(x)[:, 0], torch.randn(6, 1, dtype=torch.float64),
-              energy(y), log_partition(f_z, logp_z), reparameterized=True)
+    t = Terms(
+        torch.randn(9, dtype=torch.float64),
+        energy(x)[:, 0],
+        torch.randn(6, 1, dtype=torch.float64),
+        energy(y),
+        log_partition(f_z, logp_z),
+        reparameterized=True,
+    )
     w_kl = 0.5
     l_fw, l_rv, l_prx, l_u, l_l = LAM.double().unbind()
     zeta = float(t.log_zeta.detach().exp())
@@ -206,8 +218,14 @@ def test_theta_gradient_reparameterized_equals_lagrangian(negative_nll):
     with torch.no_grad():
         y_z, logp_z = flow.sample_and_log_prob((16,))
     y, logp_y = flow.sample_and_log_prob((8,))  # reparameterized: y carries theta-gradients
-    t = Terms(flow.log_prob(x.unsqueeze(0))[0], energy(x.unsqueeze(0))[0], logp_y, energy(y),
-              log_partition(energy(y_z), logp_z), reparameterized=True)
+    t = Terms(
+        flow.log_prob(x.unsqueeze(0))[0],
+        energy(x.unsqueeze(0))[0],
+        logp_y,
+        energy(y),
+        log_partition(energy(y_z), logp_z),
+        reparameterized=True,
+    )
     for w in (1.0, 0.5):
         lag = lagrangian_value(t, LAM.double(), 0.1, negative_nll, kl_weight=w)
         sur = primal_surrogate(t, LAM.double(), kl_weight=w)
@@ -355,9 +373,12 @@ def test_score_baseline_without_per_condition_source():
 
 # --------------------------------------------------------------------------- 4. dual ascent (eq. 19)
 def _values(nll_p, kl, nll_q, zeta):
-    return {k: torch.tensor(float(v)) for k, v in
-            dict(nll_p=nll_p, kl=kl, nll_q=nll_q, zeta=zeta, log_zeta=math.log(zeta),
-                 log_zeta_ms=math.log(zeta) ** 2).items()}
+    return {
+        k: torch.tensor(float(v))
+        for k, v in dict(
+            nll_p=nll_p, kl=kl, nll_q=nll_q, zeta=zeta, log_zeta=math.log(zeta), log_zeta_ms=math.log(zeta) ** 2
+        ).items()
+    }
 
 
 @pytest.mark.parametrize("zeta_constraint", ["box", "per_condition"])
@@ -366,9 +387,14 @@ def test_slacks_are_lambda_gradient_of_lagrangian(negative_nll, zeta_constraint)
     """Envelope theorem: with eps, delta at their closed forms, dL/dlambda = the slacks."""
     torch.manual_seed(0)
     c, k, n = 3, 4, 3
-    t = Terms(torch.randn(n, dtype=torch.float64), torch.randn(n, dtype=torch.float64),
-              torch.randn(k, c, dtype=torch.float64), torch.randn(k, c, dtype=torch.float64),
-              0.3 * torch.randn(c, dtype=torch.float64), True)
+    t = Terms(
+        torch.randn(n, dtype=torch.float64),
+        torch.randn(n, dtype=torch.float64),
+        torch.randn(k, c, dtype=torch.float64),
+        torch.randn(k, c, dtype=torch.float64),
+        0.3 * torch.randn(c, dtype=torch.float64),
+        True,
+    )
     lam = LAM.double().clone().requires_grad_()
     for w in (1.0, 0.5):
         (g,) = torch.autograd.grad(lagrangian_value(t, lam, 0.1, negative_nll, w, zeta_constraint), lam)
@@ -379,8 +405,15 @@ def test_slacks_are_lambda_gradient_of_lagrangian(negative_nll, zeta_constraint)
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("negative_nll", [True, False])
 def test_dual_ascent_directions_and_projection(optimizer, negative_nll):
-    dual = DualState(init=1.0, lr=0.05, zeta_lr=0.05, optimizer=optimizer, negative_nll=negative_nll,
-                     min_multiplier=1e-3, init_zeta=0.5)
+    dual = DualState(
+        init=1.0,
+        lr=0.05,
+        zeta_lr=0.05,
+        optimizer=optimizer,
+        negative_nll=negative_nll,
+        min_multiplier=1e-3,
+        init_zeta=0.5,
+    )
     # lam = 1: eps = 0.5, delta^2 = 0.25. NLL(p) violated, KL satisfied, NLL(q) satisfied, zeta too big
     vals = _values(nll_p=3.0, kl=-1.0, nll_q=-2.0, zeta=1.5)
     before = dual.value.clone()

@@ -30,8 +30,7 @@ from sbi_jeffreys.objective import log_partition
 from sbi_jeffreys.registry import get_method
 
 D, K = 2, 3  # parameter and data dimensions of the toy simulator
-TINY = dict(training_batch_size=50, max_num_epochs=2, stop_after_epochs=100,
-            num_zeta_samples=4, warm_start_steps=10)
+TINY = dict(training_batch_size=50, max_num_epochs=2, stop_after_epochs=100, num_zeta_samples=4, warm_start_steps=10)
 FEW_STEPS = dict(num_steps=20, step_size=1e-3, num_zeta_samples=64)
 
 
@@ -138,8 +137,9 @@ def test_registry_same_call_sequence_for_npe_and_jeffreys():
         assert issubclass(cls, NeuralInference)
         if spec.training_key not in trained_by_key:
             torch.manual_seed(0)
-            inference = cls(prior=prior, device="cpu", tracker=NoTracker(), show_progress_bars=False,
-                            **dict(spec.init_kwargs))
+            inference = cls(
+                prior=prior, device="cpu", tracker=NoTracker(), show_progress_bars=False, **dict(spec.init_kwargs)
+            )
             inference.append_simulations(theta, x)
             net = inference.train(training_batch_size=50, max_num_epochs=2)
             assert isinstance(net, nn.Module)
@@ -246,10 +246,22 @@ def test_subclass_summary_and_tracker():
     summary = inference.summary
     epochs = summary["epochs_trained"][-1]
     assert epochs == 3
-    per_epoch = ["validation_loss", "training_loss", "epoch_durations_sec", "log_zeta", "zeta", "val_log_zeta",
-                 "nll_p", "kl", "nll_q", "val_nll_p", "val_kl", "val_nll_q",
-                 *(f"lambda_{n}" for n in ("fw", "rv", "prx", "zeta_upper", "zeta_lower")),
-                 *(f"slack_{n}" for n in ("fw", "rv", "prx", "zeta_upper", "zeta_lower"))]
+    per_epoch = [
+        "validation_loss",
+        "training_loss",
+        "epoch_durations_sec",
+        "log_zeta",
+        "zeta",
+        "val_log_zeta",
+        "nll_p",
+        "kl",
+        "nll_q",
+        "val_nll_p",
+        "val_kl",
+        "val_nll_q",
+        *(f"lambda_{n}" for n in ("fw", "rv", "prx", "zeta_upper", "zeta_lower")),
+        *(f"slack_{n}" for n in ("fw", "rv", "prx", "zeta_upper", "zeta_lower")),
+    ]
     for key in per_epoch:
         assert len(summary[key]) == epochs, key
         assert all(math.isfinite(v) for v in summary[key]), key
@@ -276,8 +288,10 @@ def test_train_returns_flow_and_does_not_write_logs(tmp_path, monkeypatch):
     # a copy of the trained flow, as NPE returns
     assert flow is not inference._neural_net
     with torch.no_grad():
-        assert torch.equal(flow.log_prob(theta[:5].unsqueeze(0), x[:5])[0],
-                           inference._neural_net.log_prob(theta[:5].unsqueeze(0), x[:5])[0])
+        assert torch.equal(
+            flow.log_prob(theta[:5].unsqueeze(0), x[:5])[0],
+            inference._neural_net.log_prob(theta[:5].unsqueeze(0), x[:5])[0],
+        )
     assert not (tmp_path / "sbi-logs").exists()
 
 
@@ -326,8 +340,9 @@ def test_vectorized_log_zeta_equals_loop_over_conditions(trained, estimator):
         assert torch.allclose(flow.log_prob(y, X), logp, atol=1e-4)
         # the objective's estimator, batched over conditions vs one condition at a time
         batched = log_partition(energy(y, X), flow.log_prob(y, X))
-        looped = torch.stack([log_partition(energy(y[:, i : i + 1], X[i : i + 1]), logp[:, i : i + 1])[0]
-                              for i in range(X.shape[0])])
+        looped = torch.stack(
+            [log_partition(energy(y[:, i : i + 1], X[i : i + 1]), logp[:, i : i + 1])[0] for i in range(X.shape[0])]
+        )
     assert batched.shape == (6,)
     assert torch.allclose(batched, looped, atol=1e-5)
     # the conditions' log zeta differ: a mix-up of conditions could not pass
@@ -344,8 +359,9 @@ def test_vectorized_log_zeta_equals_loop_over_conditions(trained, estimator):
     assert torch.allclose(terms.log_zeta.detach(), batched, atol=1e-5)
     # and the proxy NLL pairs each data point with its own condition's zeta
     nll_q = -terms.f_data + terms.data_log_zeta()
-    nll_q_loop = torch.cat([(lambda t: -t.f_data + t.data_log_zeta())(trainer.terms(theta[i : i + 1], X[i : i + 1]))
-                            for i in range(6)])
+    nll_q_loop = torch.cat(
+        [(lambda t: -t.f_data + t.data_log_zeta())(trainer.terms(theta[i : i + 1], X[i : i + 1])) for i in range(6)]
+    )
     assert torch.allclose(nll_q.detach(), nll_q_loop.detach(), atol=1e-5)
 
 
@@ -485,8 +501,15 @@ GAUSS_X = torch.tensor([[0.5, -1.0, 0.4], [-1.0, 2.0, -0.5]])
 
 def gaussian_posterior(method: str, num_steps: int, step_size: float) -> LangevinPosterior:
     wide = BoxUniform(-10 * torch.ones(D), 10 * torch.ones(D))
-    return LangevinPosterior(GaussianProposal(), GaussianEnergy(), wide, num_steps=num_steps, step_size=step_size,
-                             method=method, num_zeta_samples=20_000)
+    return LangevinPosterior(
+        GaussianProposal(),
+        GaussianEnergy(),
+        wide,
+        num_steps=num_steps,
+        step_size=step_size,
+        method=method,
+        num_zeta_samples=20_000,
+    )
 
 
 @pytest.mark.parametrize("method,num_steps,step_size", [("ula", 1000, 1e-2), ("mala", 300, 0.2)])
@@ -554,16 +577,19 @@ def test_two_moons_c2st_below_untrained():
     start = time.time()
     torch.manual_seed(0)
     inference = make_inference(prior).append_simulations(theta, x)
-    inference.train(training_batch_size=50, learning_rate=1e-3, max_num_epochs=15, num_zeta_samples=4,
-                    warm_start_steps=10)
+    inference.train(
+        training_batch_size=50, learning_rate=1e-3, max_num_epochs=15, num_zeta_samples=4, warm_start_steps=10
+    )
     train_seconds = time.time() - start
     torch.manual_seed(1)
     samples = inference.build_posterior().sample((1000,), x=x_o, show_progress_bars=False)
 
     c2st_untrained = float(c2st(reference, untrained_samples, seed=0))
     c2st_trained = float(c2st(reference, samples, seed=0))
-    print(f"two_moons, 1000 simulations: C2ST untrained {c2st_untrained:.3f}, trained {c2st_trained:.3f} "
-          f"({train_seconds:.0f} s of training)")
+    print(
+        f"two_moons, 1000 simulations: C2ST untrained {c2st_untrained:.3f}, trained {c2st_trained:.3f} "
+        f"({train_seconds:.0f} s of training)"
+    )
     assert c2st_untrained > 0.95
     # measured on 4 training seeds: untrained 0.976-0.989; trained 0.74-0.81 after 15 epochs (~30 s of
     # training on one thread), 0.63-0.74 after 20; this seed: 0.985 and 0.77
@@ -704,10 +730,11 @@ def test_save_load_round_trip(trained, x_obs, tmp_path):
     assert path.exists() and not (tmp_path / "jeffreys.pt.tmp").exists()
     loaded = JeffreysNPE.load(str(path), trained._prior, tracker=NoTracker(), show_progress_bars=False)
     assert isinstance(loaded, JeffreysNPE)
-    for options in (dict(sample_with="flow"),
-                    dict(sample_with="langevin", num_steps=10, step_size=1e-3, num_zeta_samples=64),
-                    dict(sample_with="langevin", langevin_method="mala", num_steps=10, step_size=1e-3,
-                         num_zeta_samples=64)):
+    for options in (
+        dict(sample_with="flow"),
+        dict(sample_with="langevin", num_steps=10, step_size=1e-3, num_zeta_samples=64),
+        dict(sample_with="langevin", langevin_method="mala", num_steps=10, step_size=1e-3, num_zeta_samples=64),
+    ):
         before, lp_before = _samples(trained, x_o, **options)
         after, lp_after = _samples(loaded, x_o, **options)
         assert torch.equal(before, after), options
@@ -760,8 +787,9 @@ def test_same_seed_same_numbers(x_obs):
         inference = train_tiny(seed=9, max_num_epochs=2)
         summary = {k: v for k, v in inference.summary.items() if k not in ("epoch_durations_sec", "train_seconds")}
         flow_samples, _ = _samples(inference, x_o)
-        langevin_samples, _ = _samples(inference, x_o, sample_with="langevin", num_steps=10, step_size=1e-3,
-                                       num_zeta_samples=64)
+        langevin_samples, _ = _samples(
+            inference, x_o, sample_with="langevin", num_steps=10, step_size=1e-3, num_zeta_samples=64
+        )
         runs.append((summary, flow_samples, langevin_samples))
     (s1, f1, l1), (s2, f2, l2) = runs
     assert s1 == s2

@@ -60,15 +60,24 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         assert key in first_code
     start = time.time()
     client = nbclient.NotebookClient(
-        notebook, kernel_name=kernel, timeout=300, resources={"metadata": {"path": str(tmp_path)}},
+        notebook,
+        kernel_name=kernel,
+        timeout=300,
+        resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute()  # raises CellExecutionError, with the cell and traceback, on any error
     print(f"quickstart notebook: {time.time() - start:.0f} s")
     outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
     assert not [out for out in outputs if out.output_type == "error"]
     text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
-    for expected in ("C2ST  JeffreysNPE:", "KS p-values", "TARP ATC", "C2ST  JeffreysNPE (Langevin)",
-                     "MALA acceptance rate", "final multipliers"):
+    for expected in (
+        "C2ST  JeffreysNPE:",
+        "KS p-values",
+        "TARP ATC",
+        "C2ST  JeffreysNPE (Langevin)",
+        "MALA acceptance rate",
+        "final multipliers",
+    ):
         assert expected in text, expected
     # the figures are displayed (pairplots, SBC, TARP, summary)
     assert sum("image/png" in out.get("data", {}) for out in outputs) >= 5

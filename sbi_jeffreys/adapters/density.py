@@ -202,8 +202,13 @@ class JeffreysDensityEstimator:
         if resume and path is not None and os.path.exists(path):
             trainer.load(path)
         elif self.warm_start_steps > 0:
-            warm_start_energy(self.flow, self.energy, None, steps=self.warm_start_steps,
-                              num_samples=min(self.config.num_zeta_samples, 1024))
+            warm_start_energy(
+                self.flow,
+                self.energy,
+                None,
+                steps=self.warm_start_steps,
+                num_samples=min(self.config.num_zeta_samples, 1024),
+            )
 
         eval_seconds = 0.0
 
@@ -216,9 +221,12 @@ class JeffreysDensityEstimator:
 
         start = time.perf_counter()
         trainer.fit(
-            epoch_batches(train, batch_size), max_epochs,
+            epoch_batches(train, batch_size),
+            max_epochs,
             validate=None if test is None else validate,
-            monitor=_NO_MONITOR, log_every=log_every, show_progress=show_progress,
+            monitor=_NO_MONITOR,
+            log_every=log_every,
+            show_progress=show_progress,
             checkpoint=None if path is None else (lambda tr: tr.save(path)),
         )
         if self.device.type == "cuda":

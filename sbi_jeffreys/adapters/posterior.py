@@ -29,7 +29,12 @@ def box_bounds(prior: Distribution) -> tuple[Tensor, Tensor] | None:
     while support is not None and hasattr(support, "base_constraint"):
         support = support.base_constraint
     low, high = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
-    if isinstance(low, Tensor) and isinstance(high, Tensor) and torch.isfinite(low).all() and torch.isfinite(high).all():
+    if (
+        isinstance(low, Tensor)
+        and isinstance(high, Tensor)
+        and torch.isfinite(low).all()
+        and torch.isfinite(high).all()
+    ):
         return low, high
     return None
 
@@ -123,8 +128,12 @@ class LangevinPosterior(NeuralPosterior):
 
         bounds = None if self._bounds is None else tuple(b.to(init.device) for b in self._bounds)
         if self.method == "ula":
-            return langevin(log_density, init, self.num_steps, self.step_size, bounds=bounds, show_progress=show_progress_bars)
-        samples, rate = mala(log_density, init, self.num_steps, self.step_size, bounds=bounds, show_progress=show_progress_bars)
+            return langevin(
+                log_density, init, self.num_steps, self.step_size, bounds=bounds, show_progress=show_progress_bars
+            )
+        samples, rate = mala(
+            log_density, init, self.num_steps, self.step_size, bounds=bounds, show_progress=show_progress_bars
+        )
         self.acceptance_rate = rate
         return samples
 
@@ -138,7 +147,9 @@ class LangevinPosterior(NeuralPosterior):
         samples = self._run(self._init(shape.numel(), x), x, show_progress_bars)
         return samples[:, 0].reshape(*shape, -1)
 
-    def sample_batched(self, sample_shape, x: Tensor, max_sampling_batch_size: int = 10_000, show_progress_bars: bool = True) -> Tensor:
+    def sample_batched(
+        self, sample_shape, x: Tensor, max_sampling_batch_size: int = 10_000, show_progress_bars: bool = True
+    ) -> Tensor:
         """Samples of shape ``(*sample_shape, B, d)``: the chains of all ``B`` conditions run
         together, at most ``max_sampling_batch_size`` chains at a time (raise it on a GPU)."""
         x = self._condition(x)
@@ -169,7 +180,9 @@ class LangevinPosterior(NeuralPosterior):
         inside = within_support(self.prior, theta2)
         return torch.where(inside, f, torch.full_like(f, -math.inf)).reshape(theta.shape[:-1])
 
-    def _calculate_map(self, *args, init_method: str | Tensor = "posterior", num_init_samples: int = 1_000, **kwargs) -> Tensor:
+    def _calculate_map(
+        self, *args, init_method: str | Tensor = "posterior", num_init_samples: int = 1_000, **kwargs
+    ) -> Tensor:
         # start MAP ascent from flow samples: a Langevin run per init would be wasted work
         x = self._condition(None)
         self.potential_fn.set_x(x)

@@ -1,13 +1,13 @@
 r"""``JeffreysNPE``: neural posterior estimation by adaptive symmetrization of the KL (App. B.6).
 
 A conditional flow :math:`p_\theta(\theta\mid x)` (by default sbi's coupling NSF, the flow of
-``NPE(density_estimator="nsf")``, with sbi's z-scoring and embedding nets) and a FiLM-conditioned EBM :math:`f_\psi(\theta, x)` are trained by the
-engine's gradient descent-ascent, with per-condition partition functions
-:math:`\zeta(x_i)` estimated from :math:`p_\theta(\cdot\mid x_i)` for every condition of the
-batch in one vectorized call, each kept near 1 by a per-condition constraint (or B.6's box on
-their batch average).
-Everything else is sbi's: ``append_simulations`` and its invalid-x handling, the
-train/validation split, the tracker, and ``DirectPosterior`` for ``sample_with="flow"``.
+``NPE(density_estimator="nsf")``, with sbi's z-scoring and embedding nets) and a FiLM-conditioned
+EBM :math:`f_\psi(\theta, x)` are trained by the engine's gradient descent-ascent, with
+per-condition partition functions :math:`\zeta(x_i)` estimated from :math:`p_\theta(\cdot\mid x_i)`
+for every condition of the batch in one vectorized call, each kept near 1 by a per-condition
+constraint (or B.6's box on their batch average). Everything else is sbi's:
+``append_simulations`` and its invalid-x handling, the train/validation split, the tracker, and
+``DirectPosterior`` for ``sample_with="flow"``.
 """
 
 from __future__ import annotations
@@ -31,18 +31,37 @@ from sbi_jeffreys.nets.flows import reparameterized
 
 #: The paper's App. D.4 settings, a documented preset (``JeffreysNPE(...).train(**PAPER_D4)``).
 PAPER_D4: dict[str, Any] = dict(
-    training_batch_size=1000, learning_rate=1e-4, energy_learning_rate=1e-5,
-    multiplier_learning_rate=1e-6, zeta_multiplier_learning_rate=1e-2, multiplier_optimizer="sgd",
-    eps_zeta=30.0, zeta_constraint="box", negative_nll=True, multiplier_init=0.01, gradient_estimator="score",
-    flow_betas=(0.0, 0.9), energy_betas=(0.0, 0.9),
+    training_batch_size=1000,
+    learning_rate=1e-4,
+    energy_learning_rate=1e-5,
+    multiplier_learning_rate=1e-6,
+    zeta_multiplier_learning_rate=1e-2,
+    multiplier_optimizer="sgd",
+    eps_zeta=30.0,
+    zeta_constraint="box",
+    negative_nll=True,
+    multiplier_init=0.01,
+    gradient_estimator="score",
+    flow_betas=(0.0, 0.9),
+    energy_betas=(0.0, 0.9),
 )
 
 #: Our defaults for the dual's own options (chosen by the measurements in experiments/).
 DEFAULTS: dict[str, Any] = dict(
-    energy_learning_rate=5e-4, multiplier_learning_rate=1e-3, zeta_multiplier_learning_rate=1e-2,
-    multiplier_optimizer="sgd", multiplier_init=0.01, eps_zeta=1.0, zeta_constraint="per_condition",
-    negative_nll=True, num_zeta_samples=16, num_rv_samples=1, gradient_estimator="reparameterized",
-    temperature_weighted_kl=False, warm_start_steps=100, flow_betas=(0.9, 0.999),
+    energy_learning_rate=5e-4,
+    multiplier_learning_rate=1e-3,
+    zeta_multiplier_learning_rate=1e-2,
+    multiplier_optimizer="sgd",
+    multiplier_init=0.01,
+    eps_zeta=1.0,
+    zeta_constraint="per_condition",
+    negative_nll=True,
+    num_zeta_samples=16,
+    num_rv_samples=1,
+    gradient_estimator="reparameterized",
+    temperature_weighted_kl=False,
+    warm_start_steps=100,
+    flow_betas=(0.9, 0.999),
 )
 
 
@@ -80,9 +99,15 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         tracker=None,
         show_progress_bars: bool = True,
     ):
-        super().__init__(prior=prior, density_estimator=density_estimator, device=device,
-                         logging_level=logging_level, summary_writer=summary_writer, tracker=tracker,
-                         show_progress_bars=show_progress_bars)
+        super().__init__(
+            prior=prior,
+            density_estimator=density_estimator,
+            device=device,
+            logging_level=logging_level,
+            summary_writer=summary_writer,
+            tracker=tracker,
+            show_progress_bars=show_progress_bars,
+        )
         # the engine draws reparameterized samples for many conditions at once: sbi's nflows
         # estimators need their sample_and_log_prob fixed for that (nets.flows.reparameterized)
         build_flow = self._build_neural_net
@@ -92,17 +117,27 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self._trainer: JeffreysTrainer | None = None
 
     # ------------------------------------------------------------------ data
-    def append_simulations(self, theta: Tensor, x: Tensor, proposal: Any = None,
-                           exclude_invalid_x: bool | None = None, data_device: str | None = None) -> "JeffreysNPE":
+    def append_simulations(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        proposal: Any = None,
+        exclude_invalid_x: bool | None = None,
+        data_device: str | None = None,
+    ) -> "JeffreysNPE":
         """Store simulations with sbi's checks, plus the checks sbi leaves out: theta must be
         finite, match the prior's dimension and lie inside its support. Invalid x (NaN/inf)
         are excluded as sbi's NPE does and their count is reported."""
         if proposal is not None and proposal is not self._prior:
-            raise NotImplementedError("JeffreysNPE is single-round: pass simulations drawn from the prior (proposal=None).")
+            raise NotImplementedError(
+                "JeffreysNPE is single-round: pass simulations drawn from the prior (proposal=None)."
+            )
         if not isinstance(theta, Tensor) or not isinstance(x, Tensor):
             raise TypeError(f"theta and x must be torch.Tensors, got {type(theta).__name__} and {type(x).__name__}.")
         if theta.shape[0] != x.shape[0]:
-            raise ValueError(f"theta and x must have the same number of simulations, got {theta.shape[0]} and {x.shape[0]}.")
+            raise ValueError(
+                f"theta and x must have the same number of simulations, got {theta.shape[0]} and {x.shape[0]}."
+            )
         if theta.shape[0] == 0:
             raise ValueError("append_simulations() received no simulations.")
         theta = theta.float() if theta.is_floating_point() else theta
@@ -113,7 +148,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if self._prior is not None:
             event = self._prior.event_shape.numel() if len(self._prior.event_shape) else 1
             if theta.reshape(theta.shape[0], -1).shape[1] != event:
-                raise ValueError(f"theta has {theta.reshape(theta.shape[0], -1).shape[1]} dimensions, the prior {event}.")
+                raise ValueError(
+                    f"theta has {theta.reshape(theta.shape[0], -1).shape[1]} dimensions, the prior {event}."
+                )
             outside = ~within_support(self._prior, theta.to(self._device))
             if outside.any():
                 raise ValueError(f"{int(outside.sum())} of {theta.shape[0]} theta lie outside the prior's support.")
@@ -121,7 +158,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if not valid.any():
             raise ValueError(f"All {x.shape[0]} simulations x contain NaN or inf: nothing to train on.")
         excluded = int((~valid).sum())
-        super().append_simulations(theta, x, proposal=None, exclude_invalid_x=exclude_invalid_x, data_device=data_device)
+        super().append_simulations(
+            theta, x, proposal=None, exclude_invalid_x=exclude_invalid_x, data_device=data_device
+        )
         self._num_excluded = getattr(self, "_num_excluded", 0) + (excluded if exclude_invalid_x is not False else 0)
         return self
 
@@ -186,7 +225,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if int((1 - validation_fraction) * n) < 1 or n - int((1 - validation_fraction) * n) < 1:
             raise ValueError(f"{n} simulations are too few for validation_fraction={validation_fraction}.")
         resume = resume_training and self._trainer is not None
-        train_loader, val_loader = self.get_dataloaders(0, training_batch_size, validation_fraction, resume, dataloader_kwargs)
+        train_loader, val_loader = self.get_dataloaders(
+            0, training_batch_size, validation_fraction, resume, dataloader_kwargs
+        )
         fresh = self._neural_net is None or retrain_from_scratch
         self._initialize_neural_network(retrain_from_scratch=retrain_from_scratch, start_idx=0)
         theta_all, x_all, _ = self.get_simulations(0)
@@ -197,21 +238,32 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if not resume:
             temperature = getattr(energy, "temperature", 1.0)
             config = JeffreysConfig(
-                flow_lr=learning_rate, energy_lr=energy_learning_rate, multiplier_lr=multiplier_learning_rate,
-                zeta_multiplier_lr=zeta_multiplier_learning_rate, multiplier_optimizer=multiplier_optimizer,
-                multiplier_init=multiplier_init, eps_zeta=eps_zeta, zeta_constraint=zeta_constraint,
+                flow_lr=learning_rate,
+                energy_lr=energy_learning_rate,
+                multiplier_lr=multiplier_learning_rate,
+                zeta_multiplier_lr=zeta_multiplier_learning_rate,
+                multiplier_optimizer=multiplier_optimizer,
+                multiplier_init=multiplier_init,
+                eps_zeta=eps_zeta,
+                zeta_constraint=zeta_constraint,
                 negative_nll=negative_nll,
-                num_zeta_samples=num_zeta_samples, num_rv_samples=num_rv_samples, gradient_estimator=gradient_estimator,
-                kl_weight=temperature if temperature_weighted_kl else 1.0, clip_max_norm=clip_max_norm,
-                betas=tuple(energy_betas), flow_betas=tuple(flow_betas), cuda_graph=cuda_graph,
+                num_zeta_samples=num_zeta_samples,
+                num_rv_samples=num_rv_samples,
+                gradient_estimator=gradient_estimator,
+                kl_weight=temperature if temperature_weighted_kl else 1.0,
+                clip_max_norm=clip_max_norm,
+                betas=tuple(energy_betas),
+                flow_betas=tuple(flow_betas),
+                cuda_graph=cuda_graph,
             )
             self._trainer = JeffreysTrainer(flow, energy, config)
             if warm_start_steps > 0 and fresh:
                 # scale with the data (at most 10 epochs' worth of batches, 4 samples per condition)
                 # so that a small run pays no fixed cost for it
                 steps = min(warm_start_steps, 10 * max(1, len(train_loader)))
-                warm_start_energy(flow, energy, self._contexts(train_loader), steps=steps,
-                                  num_samples=training_batch_size * 4)
+                warm_start_energy(
+                    flow, energy, self._contexts(train_loader), steps=steps, num_samples=training_batch_size * 4
+                )
 
         val_theta = theta_all[self.val_indices].to(self._device)
         val_x = x_all[self.val_indices].to(self._device)
@@ -235,8 +287,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         trainer.fit(
             lambda: ((t.to(self._device), x.to(self._device)) for t, x, _ in train_loader),
             max_epochs=max_num_epochs if not resume else trainer.epoch + max_num_epochs,
-            validate=validate, monitor="val_nll_p", stop_after_epochs=stop_after_epochs,
-            show_progress=self._show_progress_bars, on_log=on_log,
+            validate=validate,
+            monitor="val_nll_p",
+            stop_after_epochs=stop_after_epochs,
+            show_progress=self._show_progress_bars,
+            on_log=on_log,
         )
         best = trainer.best["metric"] if trainer.best else float("nan")
         self._summary["epochs_trained"].append(trainer.epoch)
@@ -247,8 +302,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self._best_val_loss = best
         self._tracker.flush()
         if show_train_summary:
-            print(f"JeffreysNPE: {trainer.epoch} epochs, best validation NLL {best:.4f}, "
-                  f"lambda = {dict(zip(('fw', 'rv', 'prx', 'zu', 'zl'), trainer.dual.value.tolist()))}")
+            print(
+                f"JeffreysNPE: {trainer.epoch} epochs, best validation NLL {best:.4f}, "
+                f"lambda = {dict(zip(('fw', 'rv', 'prx', 'zu', 'zl'), trainer.dual.value.tolist()))}"
+            )
         return deepcopy(self._neural_net)
 
     def _contexts(self, loader):
@@ -257,10 +314,18 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 yield x.to(self._device)
 
     # ------------------------------------------------------------------ posteriors
-    def build_posterior(self, density_estimator: nn.Module | None = None, prior: Distribution | None = None,
-                        sample_with: Literal["flow", "langevin"] = "flow", langevin_method: Literal["ula", "mala"] = "ula",
-                        num_steps: int = 2000, step_size: float = 1e-4, num_zeta_samples: int = 1000,
-                        device: str | torch.device | None = None, **kwargs):
+    def build_posterior(
+        self,
+        density_estimator: nn.Module | None = None,
+        prior: Distribution | None = None,
+        sample_with: Literal["flow", "langevin"] = "flow",
+        langevin_method: Literal["ula", "mala"] = "ula",
+        num_steps: int = 2000,
+        step_size: float = 1e-4,
+        num_zeta_samples: int = 1000,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ):
         r"""``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
         prior's support, leakage-corrected ``log_prob``). ``"langevin"``: :class:`LangevinPosterior`
         on :math:`q_\psi` (D.4: 2,000 steps of 1e-4, initialised from :math:`p_\theta`).
@@ -277,10 +342,19 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
         elif sample_with == "langevin":
             if self._energy_net is None:
-                raise RuntimeError("No energy model trained: call .train() before .build_posterior(sample_with='langevin').")
-            self._posterior = LangevinPosterior(flow, deepcopy(self._energy_net).to(device), prior, num_steps=num_steps,
-                                                step_size=step_size, method=langevin_method,
-                                                num_zeta_samples=num_zeta_samples, device=device)
+                raise RuntimeError(
+                    "No energy model trained: call .train() before .build_posterior(sample_with='langevin')."
+                )
+            self._posterior = LangevinPosterior(
+                flow,
+                deepcopy(self._energy_net).to(device),
+                prior,
+                num_steps=num_steps,
+                step_size=step_size,
+                method=langevin_method,
+                num_zeta_samples=num_zeta_samples,
+                device=device,
+            )
         else:
             raise ValueError(f"sample_with must be 'flow' or 'langevin', got {sample_with!r}.")
         return self._posterior
@@ -293,9 +367,15 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if self._trainer is None:
             raise RuntimeError("Nothing to save: call .train() first.")
         theta, x, _ = self.get_simulations(0)
-        state = {"theta": theta.cpu(), "x": x.cpu(), "train_indices": self.train_indices, "val_indices": self.val_indices,
-                 "trainer": self._trainer.state_dict(), "summary": {k: list(v) for k, v in self._summary.items()},
-                 "num_excluded": getattr(self, "_num_excluded", 0)}
+        state = {
+            "theta": theta.cpu(),
+            "x": x.cpu(),
+            "train_indices": self.train_indices,
+            "val_indices": self.val_indices,
+            "trainer": self._trainer.state_dict(),
+            "summary": {k: list(v) for k, v in self._summary.items()},
+            "num_excluded": getattr(self, "_num_excluded", 0),
+        }
         torch.save(state, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
 

@@ -77,8 +77,9 @@ class NFDensityEstimator:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
-        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=self.lr, betas=self.betas,
-                                          capturable=self.cuda_graph)
+        self.optimizer = torch.optim.Adam(
+            self.flow.parameters(), lr=self.lr, betas=self.betas, capturable=self.cuda_graph
+        )
         self.epoch, self._history = 0, {}
         self._total = torch.zeros((), device=self.device)
         self._graph = StepGraph(self._accumulated_step) if self.cuda_graph else None

@@ -192,9 +192,7 @@ def train_amortized(
         building the posterior, not simulating.
     """
     spec = _resolve_method(method)
-    inference, seconds = train_inference(
-        task, num_simulations, spec, seed, device, train_kwargs, **method_kwargs
-    )
+    inference, seconds = train_inference(task, num_simulations, spec, seed, device, train_kwargs, **method_kwargs)
     start = time.perf_counter()
     posterior = build_posterior(inference, spec)
     return posterior, seconds + time.perf_counter() - start
@@ -233,8 +231,7 @@ def sample_posterior_batched(posterior, xs: torch.Tensor, num_samples: int) -> t
         and the wall-clock time of the whole batch.
     """
     n = int(num_samples)
-    samples, seconds = _timed(posterior.sample_batched, posterior, (n,), x=xs,
-                              max_sampling_batch_size=n * xs.shape[0])
+    samples, seconds = _timed(posterior.sample_batched, posterior, (n,), x=xs, max_sampling_batch_size=n * xs.shape[0])
     return [samples[:, b].reshape(n, -1) for b in range(xs.shape[0])], seconds
 
 
@@ -268,8 +265,6 @@ def run_method(
     if observation is None:
         observation = task.get_observation(num_observation=num_observation)
     observation = torch.as_tensor(observation, dtype=torch.float32).reshape(1, -1).to(device)
-    posterior, _ = train_amortized(
-        task, num_simulations, method, seed, device, train_kwargs, **method_kwargs
-    )
+    posterior, _ = train_amortized(task, num_simulations, method, seed, device, train_kwargs, **method_kwargs)
     samples, _ = sample_posterior(posterior, observation, num_samples)
     return samples, int(num_simulations), None

@@ -68,9 +68,7 @@ def c2st_paper(X, Y, seed: int = 0) -> float:
     X, Y = _check_pair(X, Y)
     data = np.concatenate([X.numpy(), Y.numpy()])
     target = np.concatenate([np.zeros(len(X)), np.ones(len(Y))])
-    d_train, d_test, t_train, t_test = train_test_split(
-        data, target, test_size=0.3, random_state=seed, stratify=target
-    )
+    d_train, d_test, t_train, t_test = train_test_split(data, target, test_size=0.3, random_state=seed, stratify=target)
     clf = HistGradientBoostingClassifier(random_state=seed).fit(d_train, t_train)
     return float(clf.score(d_test, t_test))
 
@@ -91,6 +89,4 @@ def get_c2st(kind: str) -> Callable[..., float]:
     try:
         return C2ST_METRICS[kind]
     except KeyError:
-        raise ValueError(
-            f"Unknown C2ST variant {kind!r}; valid variants are: {', '.join(C2ST_METRICS)}"
-        ) from None
+        raise ValueError(f"Unknown C2ST variant {kind!r}; valid variants are: {', '.join(C2ST_METRICS)}") from None

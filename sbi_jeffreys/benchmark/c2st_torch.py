@@ -97,8 +97,14 @@ def c2st_batched(
     # problems: pair-major, fold-minor; train/test sets differ in size across folds by at most one
     p = len(pairs) * n_folds
     h = 10 * d
-    params = [_glorot(p, d, h, gen), _glorot(p, d, h, gen, bias=True), _glorot(p, h, h, gen),
-              _glorot(p, h, h, gen, bias=True), _glorot(p, h, 1, gen), _glorot(p, h, 1, gen, bias=True)]
+    params = [
+        _glorot(p, d, h, gen),
+        _glorot(p, d, h, gen, bias=True),
+        _glorot(p, h, h, gen),
+        _glorot(p, h, h, gen, bias=True),
+        _glorot(p, h, 1, gen),
+        _glorot(p, h, 1, gen, bias=True),
+    ]
     dev = torch.device(device)
     params = [w.float().to(dev).requires_grad_() for w in params]
     opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8)
@@ -134,13 +140,15 @@ def c2st_batched(
             real = real_ep[:, start : start + batch_size]
             logits = forward(xb)
             count = real.sum(1).clamp_min(1)
-            nll = (torch.nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none") * real).sum(1) / count
+            nll = (torch.nn.functional.binary_cross_entropy_with_logits(logits, yb, reduction="none") * real).sum(
+                1
+            ) / count
             l2 = 0.5 * alpha * sum(w.pow(2).sum((1, 2)) for w in params[::2]) / count
             loss = nll + l2
             opt.zero_grad(set_to_none=True)
             (loss * active).sum().backward()
             opt.step()
-            epoch_loss += (loss.detach() * count)
+            epoch_loss += loss.detach() * count
         epoch_loss /= tr_len[fold_of].float()
         # sklearn: count epochs whose loss is not below best - tol; stop after more than n of them
         improved = epoch_loss < best - tol
@@ -159,7 +167,7 @@ def c2st_batched(
     with torch.no_grad():
         n_test = max(len(f) for f in folds)
         te_idx = torch.stack([torch.cat([f, f[: n_test - len(f)]]) for f in folds]).to(dev)
-        te_real = (torch.arange(n_test, device=dev)[None] < torch.tensor([len(f) for f in folds], device=dev)[:, None])
+        te_real = torch.arange(n_test, device=dev)[None] < torch.tensor([len(f) for f in folds], device=dev)[:, None]
         rows, real = te_idx[fold_of], te_real[fold_of].float()
         correct = ((forward(xs[pair_of[:, None], rows]) > 0).float() == labels[rows]).float()
         acc = (correct * real).sum(1) / real.sum(1)

@@ -215,11 +215,7 @@ class Unit:
     c2st_device: Optional[str] = None  # where c2st="torch" trains its classifiers
 
     def keys(self) -> list[Key]:
-        return [
-            (self.task, self.num_simulations, self.seed, o, m)
-            for m in self.methods
-            for o in self.observations
-        ]
+        return [(self.task, self.num_simulations, self.seed, o, m) for m in self.methods for o in self.observations]
 
     def label(self) -> str:
         return f"{self.task}/n={self.num_simulations}/seed={self.seed}/{'+'.join(self.methods)}"
@@ -277,9 +273,14 @@ def plan_units(
             lists, non-positive budgets, observations outside 1..10, or ``num_samples``
             above the 10,000 reference samples sbibm provides.
     """
-    for name, values in (("tasks", tasks), ("budgets", budgets), ("seeds", seeds),
-                         ("observations", observations), ("methods", methods),
-                         ("devices", devices)):
+    for name, values in (
+        ("tasks", tasks),
+        ("budgets", budgets),
+        ("seeds", seeds),
+        ("observations", observations),
+        ("methods", methods),
+        ("devices", devices),
+    ):
         if not values:
             raise ValueError(f"{name} must not be empty")
     for t in tasks:
@@ -307,7 +308,9 @@ def plan_units(
             for seed in dict.fromkeys(int(s) for s in seeds):
                 for group in groups.values():
                     missing = [
-                        (m, int(o)) for m in group for o in dict.fromkeys(observations)
+                        (m, int(o))
+                        for m in group
+                        for o in dict.fromkeys(observations)
                         if (task, budget, seed, int(o), m) not in finished
                     ]
                     if not missing:
@@ -326,8 +329,9 @@ def plan_units(
                             train_kwargs=dict(train_kwargs or {}),
                             method_kwargs=dict(method_kwargs or {}),
                             torch_threads=torch_threads,
-                            sample_device=(str(sample_devices[len(todo) % len(sample_devices)])
-                                           if sample_devices else None),
+                            sample_device=(
+                                str(sample_devices[len(todo) % len(sample_devices)]) if sample_devices else None
+                            ),
                             c2st_jobs=int(c2st_jobs),
                             c2st_device=c2st_device,
                         )
@@ -365,8 +369,14 @@ def _run_unit(unit: Unit) -> UnitResult:
         simulations = algorithm.simulate(task, unit.num_simulations, unit.seed)
         simulate_seconds = time.perf_counter() - start
         inference, train_seconds = algorithm.train_inference(
-            task, unit.num_simulations, unit.methods[0], unit.seed, unit.device,
-            unit.train_kwargs, simulations=simulations, **unit.method_kwargs,
+            task,
+            unit.num_simulations,
+            unit.methods[0],
+            unit.seed,
+            unit.device,
+            unit.train_kwargs,
+            simulations=simulations,
+            **unit.method_kwargs,
         )
     except Exception:
         return UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
@@ -383,7 +393,8 @@ def _run_unit(unit: Unit) -> UnitResult:
                 # all observations' chains in one batch; the time is shared out evenly
                 algorithm.seed_everything(unit.seed * 100_003)
                 batch, seconds = algorithm.sample_posterior_batched(
-                    posterior, torch.cat([x.reshape(1, -1) for x in xs]), unit.num_samples)
+                    posterior, torch.cat([x.reshape(1, -1) for x in xs]), unit.num_samples
+                )
                 per_obs = [(samples, seconds / len(xs)) for samples in batch]
             else:
                 per_obs = []
@@ -423,8 +434,9 @@ def _run_unit(unit: Unit) -> UnitResult:
         if error is not None:
             errors[row["method"]] = error
             continue
-        row.update(c2st=score, c2st_seconds=seconds,
-                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        row.update(
+            c2st=score, c2st_seconds=seconds, finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds")
+        )
         rows.append(row)
     failed = set(errors)
     return UnitResult(unit, [r for r in rows if r["method"] not in failed], errors)
@@ -437,8 +449,10 @@ def _score_batched(jobs, device: str) -> list[tuple[float, float, Optional[str]]
 
     try:
         start = time.perf_counter()
-        pairs = [(get_task(task).get_reference_posterior_samples(num_observation=obs)[:n], samples)
-                 for task, obs, n, _, _, samples in jobs]
+        pairs = [
+            (get_task(task).get_reference_posterior_samples(num_observation=obs)[:n], samples)
+            for task, obs, n, _, _, samples in jobs
+        ]
         scores = c2st_batched(pairs, device=device)
         seconds = (time.perf_counter() - start) / len(jobs)
         return [(score, seconds, None) for score in scores]
@@ -482,9 +496,7 @@ def _run_dask(units: list[Unit], n_jobs: int, scheduler: Optional[str]) -> Itera
         if scheduler:
             client = stack.enter_context(Client(scheduler))
         else:
-            cluster = stack.enter_context(
-                LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True)
-            )
+            cluster = stack.enter_context(LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True))
             client = stack.enter_context(Client(cluster))
         futures = client.map(run_unit, units, pure=False)
         by_future = dict(zip(futures, units))
@@ -569,24 +581,37 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out / "results.csv")
     units, skipped = plan_units(
-        tasks, budgets, seeds, observations, methods,
-        finished=store.finished(), devices=devices, num_samples=num_samples, c2st=c2st,
-        train_kwargs=train_kwargs, method_kwargs=method_kwargs, torch_threads=torch_threads,
-        sample_devices=sample_devices, c2st_jobs=c2st_jobs, c2st_device=c2st_device,
+        tasks,
+        budgets,
+        seeds,
+        observations,
+        methods,
+        finished=store.finished(),
+        devices=devices,
+        num_samples=num_samples,
+        c2st=c2st,
+        train_kwargs=train_kwargs,
+        method_kwargs=method_kwargs,
+        torch_threads=torch_threads,
+        sample_devices=sample_devices,
+        c2st_jobs=c2st_jobs,
+        c2st_device=c2st_device,
     )
-    _check_config(out, {
-        "num_samples": int(num_samples),
-        "c2st": c2st,
-        "train_kwargs": dict(train_kwargs or {}),
-        "method_kwargs": dict(method_kwargs or {}),
-    })
+    _check_config(
+        out,
+        {
+            "num_samples": int(num_samples),
+            "c2st": c2st,
+            "train_kwargs": dict(train_kwargs or {}),
+            "method_kwargs": dict(method_kwargs or {}),
+        },
+    )
     from tqdm.auto import tqdm
 
     written = 0
     failures: list[tuple[str, str, str]] = []
     if units:
-        results = (_run_local(units, int(n_jobs)) if backend == "local"
-                   else _run_dask(units, int(n_jobs), scheduler))
+        results = _run_local(units, int(n_jobs)) if backend == "local" else _run_dask(units, int(n_jobs), scheduler)
         with tqdm(total=len(units), desc=f"sweep ({skipped} done before)", disable=not progress) as bar:
             for result in results:
                 written += store.append(result.rows)
@@ -599,8 +624,7 @@ def run_sweep(
                 bar.update(1)
     if summarize and store.path.exists():
         plot_c2st_vs_budget(out, write_summary(out))
-    return SweepReport(out, len(units) + skipped, skipped, len(units), written, failures,
-                       time.perf_counter() - t0)
+    return SweepReport(out, len(units) + skipped, skipped, len(units), written, failures, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- summary, figure
@@ -633,9 +657,12 @@ def write_summary(out: str | os.PathLike):
         sample_seconds_mean=("sample_seconds", "mean"),
     ).reset_index()
     summary.insert(
-        5, "c2st",
-        [f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
-         for m, s in zip(summary["c2st_mean"], summary["c2st_sd"])],
+        5,
+        "c2st",
+        [
+            f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
+            for m, s in zip(summary["c2st_mean"], summary["c2st_sd"])
+        ],
     )
     _atomic_write_text(Path(out) / "summary.csv", summary.to_csv(index=False))
     return summary
@@ -656,14 +683,21 @@ def c2st_figure(summary):
         part = summary[summary["task"] == task]
         for method in dict.fromkeys(part["method"]):
             rows = part[part["method"] == method].sort_values("num_simulations")
-            ax.errorbar(rows["num_simulations"], rows["c2st_mean"], yerr=rows["c2st_sd"].fillna(0.0),
-                        marker="o", capsize=3, label=method, color=colors[method])
+            ax.errorbar(
+                rows["num_simulations"],
+                rows["c2st_mean"],
+                yerr=rows["c2st_sd"].fillna(0.0),
+                marker="o",
+                capsize=3,
+                label=method,
+                color=colors[method],
+            )
         ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_ylim(0.45, 1.02)
         ax.set(title=task, xlabel="number of simulations", ylabel="C2ST")
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(tasks):]:
+    for ax in list(axes.flat)[len(tasks) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig

@@ -93,9 +93,7 @@ def prior_on_device(task_or_prior, device: str | torch.device = "cpu") -> Distri
     if box is not None:
         moved = BoxUniform(low=box[0], high=box[1], device=str(device))
     elif isinstance(prior, MultivariateNormal):
-        moved = MultivariateNormal(
-            loc=prior.loc.detach().to(device), scale_tril=prior.scale_tril.detach().to(device)
-        )
+        moved = MultivariateNormal(loc=prior.loc.detach().to(device), scale_tril=prior.scale_tril.detach().to(device))
     else:
         raise TypeError(
             f"Cannot move a prior of type {type(prior).__name__} to {device}: only "

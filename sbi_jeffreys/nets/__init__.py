@@ -11,5 +11,12 @@ from sbi_jeffreys.nets.ebm import (
 from sbi_jeffreys.nets.flows import UnconditionalFlow, build_nsf
 
 __all__ = [
-    "FiLMResidualEnergy", "ResidualEnergy", "SpectralLinear", "Standardize", "energy_nn", "refresh_spectral_norm",
-    "UnconditionalFlow", "build_nsf"]
+    "FiLMResidualEnergy",
+    "ResidualEnergy",
+    "SpectralLinear",
+    "Standardize",
+    "energy_nn",
+    "refresh_spectral_norm",
+    "UnconditionalFlow",
+    "build_nsf",
+]

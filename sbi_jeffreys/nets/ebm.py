@@ -77,8 +77,12 @@ class ResidualBlock(nn.Module):
     def __init__(self, width: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(width), nn.SiLU(), _sn_linear(width, width),
-            nn.LayerNorm(width), nn.SiLU(), _sn_linear(width, width),
+            nn.LayerNorm(width),
+            nn.SiLU(),
+            _sn_linear(width, width),
+            nn.LayerNorm(width),
+            nn.SiLU(),
+            _sn_linear(width, width),
         )
         self.alpha = nn.Parameter(torch.ones(()))
 
@@ -131,7 +135,9 @@ class FiLMBlock(nn.Module):
         super().__init__()
         self.gamma = _mlp(context, width, film_layers, width)
         self.beta = _mlp(context, width, film_layers, width)
-        self.inner = nn.Sequential(*[m for _ in range(inner_layers) for m in (_sn_linear(width, width), nn.SiLU())][:-1])
+        self.inner = nn.Sequential(
+            *[m for _ in range(inner_layers) for m in (_sn_linear(width, width), nn.SiLU())][:-1]
+        )
         self.alpha = nn.Parameter(torch.ones(()))
         # gamma starts near 1 so the block starts as a plain residual block
         nn.init.zeros_(self.gamma[-1].weight)
@@ -210,9 +216,18 @@ def energy_nn(
         tm, ts = stats(theta, z_score_theta)
         xm, xs = stats(x, z_score_x)
         return FiLMResidualEnergy(
-            theta.shape[1], x.shape[1], width=width, blocks=blocks, film_layers=film_layers,
-            temperature=temperature, embedding_net=embedding_net, embedding_features=embedding_features,
-            input_mean=tm, input_std=ts, context_mean=xm, context_std=xs,
+            theta.shape[1],
+            x.shape[1],
+            width=width,
+            blocks=blocks,
+            film_layers=film_layers,
+            temperature=temperature,
+            embedding_net=embedding_net,
+            embedding_features=embedding_features,
+            input_mean=tm,
+            input_std=ts,
+            context_mean=xm,
+            context_std=xs,
         )
 
     return build

@@ -10,8 +10,9 @@ Conditional flows come straight from ``sbi.neural_nets.posterior_nn`` (z-scoring
 embedding nets included). sbi's nflows estimators (``"nsf"``, ``"maf"``) return
 ``sample_and_log_prob`` in nflows' ``(C, S)`` order reshaped as if it were ``(S, C)``, which
 mixes conditions whenever ``C > 1``; :func:`reparameterized` swaps in
-:class:`ReparameterizedNFlowsFlow`, which orders them right (and keeps the gradients). :class:`UnconditionalFlow` gives an unconditional
-zuko NSF the same interface with ``condition=None`` and a single "condition" ``C = 1``.
+:class:`ReparameterizedNFlowsFlow`, which orders them right (and keeps the gradients).
+:class:`UnconditionalFlow` gives an unconditional zuko NSF the same interface with
+``condition=None`` and a single "condition" ``C = 1``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,7 @@ def build_nsf(
     hidden_features: Sequence[int] = (64, 64),
 ) -> zuko.flows.Flow:
     """A zuko neural spline flow (Durkan et al.), as in App. C.1/D.1 (5 transforms, 8 bins)."""
-    return zuko.flows.NSF(
-        features, context, transforms=transforms, bins=bins, hidden_features=tuple(hidden_features)
-    )
+    return zuko.flows.NSF(features, context, transforms=transforms, bins=bins, hidden_features=tuple(hidden_features))
 
 
 class UnconditionalFlow(nn.Module):
@@ -61,7 +60,9 @@ class UnconditionalFlow(nn.Module):
         z = (inputs - self.shift) / self.scale
         return self.flow().log_prob(z) + self._log_abs_det()
 
-    def sample_and_log_prob(self, sample_shape: Sequence[int], condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def sample_and_log_prob(
+        self, sample_shape: Sequence[int], condition: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         z, log_p = self.flow().rsample_and_log_prob(tuple(sample_shape))
         x = z * self.scale + self.shift
         return x.unsqueeze(-2), (log_p + self._log_abs_det()).unsqueeze(-1)

@@ -43,7 +43,9 @@ class DualState(nn.Module):
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"Unknown multiplier optimizer {optimizer!r}: use 'sgd' or 'adam'.")
         # Adam at lr 1, rescaled per multiplier in ascend(); its moments live in the optimizer
-        self.opt = torch.optim.Adam([self.lam], lr=1.0, betas=(0.0, 0.9), maximize=True) if optimizer == "adam" else None
+        self.opt = (
+            torch.optim.Adam([self.lam], lr=1.0, betas=(0.0, 0.9), maximize=True) if optimizer == "adam" else None
+        )
         self.optimizer_name = optimizer
 
     @property

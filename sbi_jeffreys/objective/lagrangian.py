@@ -134,14 +134,22 @@ def constraint_slacks(
     eps = relaxation(lam[:3])
     shift = nll_shift(lam[:3]) ** 2 if negative_nll else torch.zeros_like(eps)
     zeta = zeta_constraints(values["zeta"], values["log_zeta_ms"], eps_zeta, zeta_constraint)
-    return torch.cat([
-        torch.stack([values["nll_p"] - eps[0] + shift[0], values["kl"] - eps[1], values["nll_q"] - eps[2] + shift[2]]),
-        zeta,
-    ])
+    return torch.cat(
+        [
+            torch.stack(
+                [values["nll_p"] - eps[0] + shift[0], values["kl"] - eps[1], values["nll_q"] - eps[2] + shift[2]]
+            ),
+            zeta,
+        ]
+    )
 
 
 def primal_surrogate(
-    t: Terms, lam: Tensor, kl_weight: float = 1.0, baseline: bool = True, zeta_constraint: str = "box",
+    t: Terms,
+    lam: Tensor,
+    kl_weight: float = 1.0,
+    baseline: bool = True,
+    zeta_constraint: str = "box",
     eps_zeta: float = 0.0,
 ) -> Tensor:
     r"""A scalar whose autograd gradients w.r.t. θ and ψ are :math:`\nabla_\theta\mathcal L`
@@ -204,7 +212,9 @@ def lagrangian_value(
     zeta = zeta_constraints(t.log_zeta.exp().mean(), t.log_zeta.pow(2).mean(), eps_zeta, zeta_constraint)
     sq = delta**2 if negative_nll else torch.zeros_like(eps)
     return (
-        eps.pow(2).sum() - delta[0] - delta[2]
+        eps.pow(2).sum()
+        - delta[0]
+        - delta[2]
         + lam[0] * (nll_p - eps[0] + sq[0])
         + lam[1] * (kl - eps[1])
         + lam[2] * (nll_q - eps[2] + sq[2])
