@@ -710,7 +710,7 @@ def test_invalid_simulations_excluded_and_reported(caplog, tmp_path):
     inference.save(str(tmp_path / "model.pt"))
     loaded = JeffreysNPE.load(str(tmp_path / "model.pt"), prior, tracker=NoTracker(), show_progress_bars=False)
     assert loaded.get_simulations()[0].shape[0] == 293
-    loaded.train(resume_training=True, **{**TINY, "max_num_epochs": 1})
+    loaded.train(resume_training=True, **{**TINY, "max_num_epochs": 2})
     assert loaded.summary["num_excluded_simulations"] == [7, 7]
 
 
@@ -761,10 +761,11 @@ def test_load_refuses_arbitrary_pickles(trained, tmp_path):
 
 
 def test_resume_training_continues(tmp_path):
+    """As sbi: with resume_training=True, max_num_epochs is the total epoch count."""
     inference = train_tiny(seed=6, max_num_epochs=2)
     assert inference.summary["epochs_trained"] == [2]
     before = {k: v.clone() for k, v in inference._neural_net.state_dict().items()}
-    inference.train(resume_training=True, **{**TINY, "max_num_epochs": 2})
+    inference.train(resume_training=True, **{**TINY, "max_num_epochs": 4})
     assert inference.summary["epochs_trained"] == [2, 4]
     assert len(inference.summary["validation_loss"]) == 4
     assert len(inference.summary["lambda_fw"]) == 4
@@ -774,9 +775,19 @@ def test_resume_training_continues(tmp_path):
     path = tmp_path / "resume.pt"
     inference.save(str(path))
     loaded = JeffreysNPE.load(str(path), inference._prior, tracker=NoTracker(), show_progress_bars=False)
-    loaded.train(resume_training=True, **{**TINY, "max_num_epochs": 1})
+    loaded.train(resume_training=True, **{**TINY, "max_num_epochs": 5})
     assert loaded.summary["epochs_trained"] == [2, 4, 5]
     assert len(loaded.summary["validation_loss"]) == 5
+
+
+def test_sbi_semantics_max_epochs_warning_and_first_round_loss():
+    """sbi warns when max_num_epochs stops training before convergence and accepts
+    force_first_round_loss; JeffreysNPE does the same (single round: it has no effect)."""
+    prior, theta, x = toy_data(200, seed=11)
+    inference = make_inference(prior).append_simulations(theta, x)
+    with pytest.warns(UserWarning, match=r"max_num_epochs=2.*not yet fully converged"):
+        inference.train(**{**TINY, "max_num_epochs": 2}, force_first_round_loss=True)
+    assert inference.summary["epochs_trained"] == [2]
 
 
 # --------------------------------------------------------------------------- determinism

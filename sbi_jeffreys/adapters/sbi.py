@@ -13,6 +13,7 @@ constraint (or B.6's box on their batch average). Everything else is sbi's:
 from __future__ import annotations
 
 import time
+import warnings
 from copy import deepcopy
 from dataclasses import fields
 from typing import Any, Callable, Literal
@@ -180,6 +181,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         retrain_from_scratch: bool = False,
         show_train_summary: bool = False,
         dataloader_kwargs: dict | None = None,
+        force_first_round_loss: bool = False,
         *,
         energy_learning_rate: float = DEFAULTS["energy_learning_rate"],
         multiplier_learning_rate: float = DEFAULTS["multiplier_learning_rate"],
@@ -200,8 +202,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
     ) -> nn.Module:
         r"""Train :math:`p_\theta` and :math:`q_\psi` by GDA (Algorithm 3) and return the flow.
 
-        sbi's arguments mean what they mean for ``NPE`` (``learning_rate`` is the flow's;
-        with ``resume_training=True``, ``max_num_epochs`` counts the epochs added by this call).
+        sbi's arguments mean what they mean for ``NPE``: ``learning_rate`` is the flow's; with
+        ``resume_training=True``, ``max_num_epochs`` is the total epoch count, earlier calls
+        included; reaching it before early stopping warns as sbi does;
+        ``force_first_round_loss`` is accepted and has no effect (a single-round method).
         Early stopping watches the flow's validation NLL, :math:`-\frac1{N_v}\sum\log p_\theta(\theta_i\mid x_i)`:
         it is what ``posterior.sample`` draws from, is comparable across epochs while the
         multipliers move (the Lagrangian is not), and equals NPE's validation loss, so both
@@ -286,7 +290,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
 
         trainer.fit(
             lambda: ((t.to(self._device), x.to(self._device)) for t, x, _ in train_loader),
-            max_epochs=max_num_epochs if not resume else trainer.epoch + max_num_epochs,
+            max_epochs=max_num_epochs,  # as sbi: the total, counting epochs of earlier calls
             validate=validate,
             monitor="val_nll_p",
             stop_after_epochs=stop_after_epochs,
@@ -294,6 +298,14 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             on_log=on_log,
         )
         best = trainer.best["metric"] if trainer.best else float("nan")
+        stopped_early = trainer.best is not None and trainer.epoch - trainer.best["epoch"] >= stop_after_epochs
+        if trainer.epoch >= max_num_epochs and not stopped_early and not trainer.diverged:
+            warnings.warn(
+                f"Maximum number of epochs `max_num_epochs={max_num_epochs}` reached, "
+                "but network has not yet fully converged. Consider increasing it.",
+                UserWarning,
+                stacklevel=2,
+            )
         self._summary["epochs_trained"].append(trainer.epoch)
         self._summary["best_validation_loss"].append(best)
         self._summary.setdefault("train_seconds", []).append(time.time() - start)
