@@ -6,7 +6,7 @@ Each step: draw M proposal samples per condition under stop-gradient and estimat
 :math:`\log\zeta` (Alg. 2); draw reverse-KL samples (reparameterized or stop-gradient);
 backpropagate the primal surrogate (eqs. 15, 18); take Adam steps for θ and ψ; ascend λ (eq. 19).
 
-Design choices the paper leaves open (DESIGN §8): by default (``num_rv_samples=None``) one
+Design choices the paper leaves open (docs/design.md): by default (``num_rv_samples=None``) one
 draw of M samples per condition serves both the ζ estimate and the reverse KL: sampling the
 flow (an inverse pass) dominates the cost of a step, the two estimates enter the surrogate as a
 sum (never a product), and the ζ path sees the samples detached so that θ gets no gradient
@@ -163,40 +163,39 @@ class JeffreysTrainer:
             # one draw of M samples per condition serves both log zeta (eq. 12) and the reverse KL
             if reparam:
                 y, logp_y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-                f_y = energy(y, context)
-                log_zeta = log_partition(energy(y.detach(), context), logp_y.detach())
                 logp_x = flow.log_prob(x, context)
+                # the zeta path sees the samples detached: theta gets no gradient from log zeta
+                f_y, f_z, f_x = _joint(energy, [y, y.detach(), x], context)
+                log_zeta = log_partition(f_z, logp_y.detach())
             else:
                 with torch.no_grad():
                     y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)[0]
                 logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
-                f_y = energy(y, context)
+                f_y, f_x = _joint(energy, [y, x], context)
                 log_zeta = log_partition(f_y, logp_y.detach())
+            return Terms(logp_x[0], f_x[0], logp_y, f_y, log_zeta, reparam)
+        if cached:
+            # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
+            if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
+                with torch.no_grad():
+                    self._zeta_cache = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+            y_z, logp_z = self._zeta_cache
         else:
-            if cached:
-                # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
-                if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
-                    with torch.no_grad():
-                        self._zeta_cache = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-                y_z, logp_z = self._zeta_cache
-            else:
-                with torch.no_grad():
-                    y_z, logp_z = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-            f_z = energy(y_z, context)
-            log_zeta = log_partition(f_z, logp_z)
-            # per-condition score-function baseline from the separate zeta draw (independent of y)
-            baseline = None if reparam else (logp_z - f_z).detach().mean(0)
-            k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
-            if reparam:
-                y, logp_y = flow.sample_and_log_prob((k,), context)
-                logp_x = flow.log_prob(x, context)
-            else:
-                with torch.no_grad():
-                    y = flow.sample_and_log_prob((k,), context)[0]
-                logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
-            f_y = energy(y, context)
-            return Terms(logp_x[0], energy(x, context)[0], logp_y, f_y, log_zeta, reparam, baseline)
-        return Terms(logp_x[0], energy(x, context)[0], logp_y, f_y, log_zeta, reparam)
+            with torch.no_grad():
+                y_z, logp_z = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+        k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
+        if reparam:
+            y, logp_y = flow.sample_and_log_prob((k,), context)
+            logp_x = flow.log_prob(x, context)
+        else:
+            with torch.no_grad():
+                y = flow.sample_and_log_prob((k,), context)[0]
+            logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
+        f_z, f_y, f_x = _joint(energy, [y_z, y, x], context)
+        log_zeta = log_partition(f_z, logp_z)
+        # per-condition score-function baseline from the separate zeta draw (independent of y)
+        baseline = None if reparam else (logp_z - f_z).detach().mean(0)
+        return Terms(logp_x[0], f_x[0], logp_y, f_y, log_zeta, reparam, baseline)
 
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
         """One GDA step; returns detached 0-d device tensors (no host sync)."""
@@ -473,9 +472,8 @@ def _joint(fn: Callable[[Tensor, Tensor | None], Tensor], parts: list[Tensor], c
     these small models costs on a GPU. Parts are ``(S_i, C, d)``; without a condition every
     point is pooled along one axis.
 
-    Only for stateless networks (the flows). A spectral-normalized EBM in training mode
-    advances its power iteration on every call; pooling its three calls per step into one
-    measurably hurt (JeffreysNPE, two_moons 10^3, C2ST worse by 0.06-0.08 on two seeds)."""
+    Only for networks that are stateless within a step: the flows, and the EBMs since their
+    spectral norm moves once per step (:func:`~sbi_jeffreys.nets.ebm.refresh_spectral_norm`)."""
     if context is None:
         flat = torch.cat([p.reshape(1, -1, p.shape[-1]) for p in parts], 1)
         out = fn(flat, None)[0].split([p.shape[:-1].numel() for p in parts])

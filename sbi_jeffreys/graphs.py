@@ -1,11 +1,11 @@
 r"""Replaying a whole training step as one CUDA graph.
 
 The paper's 2D models are tiny: a step is thousands of small kernels, and on a GPU its cost is
-the host launching them, not the device running them (DESIGN §9). Recording the step once and
-replaying the recording removes that host cost. A recorded step must be *graph-safe*: no host
-synchronisation (``.item()``, ``bool(tensor)``, data-dependent shapes), no Python control flow
-on tensor values, optimizers built with ``capturable=True``; its Python side effects (counters)
-happen only while it is recorded, so keep them outside ``fn``.
+the host launching them, not the device running them (``benchmarks/sbi_step_speed.py``).
+Recording the step once and replaying the recording removes that host cost. A recorded step
+must be *graph-safe*: no host synchronisation (``.item()``, ``bool(tensor)``, data-dependent
+shapes), no Python control flow on tensor values, optimizers built with ``capturable=True``; its
+Python side effects (counters) happen only while it is recorded, so keep them outside ``fn``.
 """
 
 from __future__ import annotations

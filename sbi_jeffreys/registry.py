@@ -1,4 +1,4 @@
-"""The one registry of inference methods (DESIGN.md section 3).
+"""The one registry of inference methods.
 
 Every place in this package that lists or looks up methods (the benchmark adapter, the
 sweeps, the command-line scripts) goes through :func:`get_method`, so ``"npe"`` always means

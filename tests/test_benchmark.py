@@ -37,7 +37,7 @@ SCRIPT = ROOT / "experiments" / "sbi_sweep.py"
 TINY_TRAIN = {"max_num_epochs": 2}
 HAS_JEFFREYS = importlib.util.find_spec("sbi_jeffreys.adapters.sbi") is not None
 needs_jeffreys = pytest.mark.skipif(
-    not HAS_JEFFREYS, reason="sbi_jeffreys.adapters.sbi (JeffreysNPE) does not exist yet"
+    not HAS_JEFFREYS, reason="sbi_jeffreys.adapters.sbi (JeffreysNPE) is not importable"
 )
 
 

@@ -367,7 +367,7 @@ def test_vectorized_log_zeta_equals_loop_over_conditions(trained, estimator):
 
 def test_batched_flow_sample_and_log_prob_is_per_condition(trained):
     """The flow's batched ``sample_and_log_prob`` (what the engine's zeta uses) returns the
-    log density of each sample under its own condition (nflows' does not, DESIGN §7)."""
+    log density of each sample under its own condition (sbi's nflows wrapper does not)."""
     flow = deepcopy(trained._neural_net).eval()
     _, _, X = toy_data(5, seed=8)
     torch.manual_seed(0)

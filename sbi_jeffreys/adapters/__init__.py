@@ -1,4 +1,4 @@
-"""Adapters: the only modules that know a use case (DESIGN §2).
+"""Adapters: the only modules that know a use case.
 
 * :mod:`sbi_jeffreys.adapters.density` — unconditional density estimation (App. D.1/D.2);
 * :mod:`sbi_jeffreys.adapters.sbi` — ``JeffreysNPE`` and its posterior (conditional, D.4).

@@ -1,4 +1,4 @@
-"""Baselines the paper compares against (DESIGN §2): the NF trained by maximum likelihood
+"""Baselines the paper compares against: the NF trained by maximum likelihood
 (:mod:`sbi_jeffreys.baselines.nf`, Fig. 3a, 4, 7)."""
 
 from sbi_jeffreys.baselines.nf import NFDensityEstimator

@@ -1,7 +1,7 @@
 """sbibm tasks usable with the sbi 0.27 this package depends on.
 
 sbibm 1.1.0 pins ``sbi<0.22`` and is therefore installed with ``pip install --no-deps
-sbibm`` (DESIGN.md section 6). Its *tasks* module does not use sbi at all: it needs torch,
+sbibm`` (see ``scripts/setup.sh``). Its *tasks* module does not use sbi at all: it needs torch,
 pyro-ppl, numpy and pandas (the reference posterior samples are read with pandas). Checked on
 this stack (torch 2.13, sbi 0.27, pyro-ppl 1.9, pandas 3.x): each task in :data:`TASKS`
 imports, simulates, and loads its observations and reference posterior samples without any

@@ -70,7 +70,7 @@ class Standardize(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    r"""Algorithm 5 (reading its second and third Linear inputs as :math:`x'`, cf. DESIGN §8):
+    r"""Algorithm 5 (reading its second and third Linear inputs as :math:`x'`, cf. docs/design.md):
     :math:`x' = \mathrm{Lin}(\mathrm{SiLU}(\mathrm{LN}(\mathrm{Lin}(\mathrm{SiLU}(\mathrm{LN}(x))))))`,
     output :math:`\mathrm{SiLU}(\alpha x + x')` with trainable :math:`\alpha` (initialised at 1)."""
 

@@ -15,7 +15,7 @@ class DualState(nn.Module):
     Ascent :math:`\lambda \leftarrow \max\{\lambda_{min}, \lambda + \alpha\,\nabla_\lambda\mathcal L\}`
     with one learning rate for the three KL/NLL multipliers and one for the two ζ multipliers.
     ``optimizer="sgd"`` is the plain projected ascent of Algorithm 1; ``"adam"`` moves each λ by
-    about one learning rate per step whatever the slack's size (DESIGN §8). With B.7
+    about one learning rate per step whatever the slack's size (docs/design.md). With B.7
     (``negative_nll``) the NLL multipliers are floored at ``min_multiplier > 0`` so that
     :math:`\delta = 1/(2\lambda)` stays finite (the paper: "we also initialize λ to be non-zero").
     """

@@ -13,7 +13,7 @@ with :math:`\mathrm{KL} = \frac1{KC}\sum [\log p_\theta(y) - f_\psi(y) + \log\ze
 :math:`\mathrm{NLL}(q_\psi) = \frac1N\sum_i[-f_\psi(x_i) + \log\zeta_{c_i}]` (per-condition
 :math:`\log\zeta`, B.6), :math:`\bar\zeta` the mean of the per-condition :math:`\zeta_c`, and
 :math:`w = T` for the temperature-weighted KL of eq. 22 (else 1). Without B.7, the δ terms
-vanish. Writing out eq. 11 shows the paper's "log f_ψ" is f_ψ (DESIGN §8).
+vanish. Writing out eq. 11 shows the paper's "log f_ψ" is f_ψ (docs/design.md).
 
 The ζ constraint has two forms (:func:`zeta_constraints`): the paper's box on the batch
 mean (B.6, ``"box"``) and a per-condition form (``"per_condition"``) that keeps every
@@ -127,7 +127,7 @@ def constraint_slacks(
     (eqs. 13, 20), ordered as :data:`~sbi_jeffreys.objective.dual.MULTIPLIERS`
     ``(fw, rv, prx, zeta_upper, zeta_lower)``.
 
-    Fixes to the printed eq. 19 (DESIGN §8): the proxy's slack uses :math:`f_\psi` on the
+    Fixes to the printed eq. 19 (docs/design.md): the proxy's slack uses :math:`f_\psi` on the
     *data*; the lower ζ multiplier is :math:`\lambda_\ell` (printed "λ_θ"); with B.7 the NLL
     slacks include :math:`+\delta^2`.
     """

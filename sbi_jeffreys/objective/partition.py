@@ -17,7 +17,7 @@ def log_partition(log_f: Tensor, log_p: Tensor) -> Tensor:
             gradient w.r.t. :math:`\psi` is the self-normalized form of eq. 14:
             :math:`\nabla_\psi \log\hat\zeta = \sum_j w_j \nabla_\psi f_\psi(y_j)` with
             :math:`w = \operatorname{softmax}(f - \log p)`, i.e. eq. 15's ζ-term with 1/M
-            (not the paper's 1/N, see DESIGN §8) and without overflow.
+            (not the paper's 1/N, see docs/design.md) and without overflow.
         log_p: :math:`\log p_\theta(y_j)` of shape ``(M, C)``; detached (the samples and their
             density are proposals, the true :math:`\zeta_\psi` does not depend on :math:`\theta`).
 
