@@ -9,6 +9,8 @@ cell), with its log beside its results::
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run --limit 1400
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run --status
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run --dry-run
+    python experiments/launch.py experiments/configs/part1.json --out /tmp/run \
+        --resume-from experiments/results/part1_h200/results.csv   # skip the cells already measured
 
 A configuration is JSON: ``{"description": ..., "env": {VAR: value}, "sweeps": [{"name": ...,
 "args": [...]}]}``. ``--only NAME ...`` starts a subset.
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="NAME", help="start only these sweeps")
     p.add_argument("--dry-run", action="store_true", help="print the commands, start nothing")
     p.add_argument("--status", action="store_true", help="print rows done and the last log line per sweep")
+    p.add_argument(
+        "--resume-from",
+        type=Path,
+        metavar="CSV",
+        help="a results.csv of finished cells (e.g. a merged report's): copied into every sweep "
+        "folder that has none yet, so that the sweeps skip those cells",
+    )
     args = p.parse_args(argv)
     config = load_config(args.config)
     if args.status:
@@ -78,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = {**os.environ, **{k: str(v) for k, v in config.get("env", {}).items()}}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.resume_from is not None and not args.dry_run:
+        for sweep in config["sweeps"]:
+            target = args.out / sweep["name"] / "results.csv"
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(args.resume_from, target)
     for name, cmd in commands(config, args.out, args.limit, args.only):
         print(f"{name}: {shlex.join(cmd)}")
         if not args.dry_run:

@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     df = merge(a.results)
     a.out.mkdir(parents=True, exist_ok=True)
-    keep = [c for c in df.columns if c not in ("host", "finished_at")]
-    df[keep].to_csv(a.out / "results.csv", index=False)
+    df.to_csv(a.out / "results.csv", index=False)  # a sweep's results file: it can seed a resumed run
     methods = method_table(df)
     pairs = pd.concat([paired(df, a.method, b) for b in a.baselines], ignore_index=True)
     (a.out / "table.md").write_text(to_markdown(methods, pairs, a.method))
