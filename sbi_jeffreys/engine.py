@@ -20,7 +20,7 @@ import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -81,8 +81,9 @@ class JeffreysConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
         if self.cuda_graph and self.zeta_every != 1:
             raise ValueError("cuda_graph needs zeta_every=1: a recorded step cannot branch on the step count.")
-        self.betas = tuple(self.betas)
-        self.flow_betas = tuple(self.flow_betas) if self.flow_betas is not None else None
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.flow_betas is not None:
+            self.flow_betas = (float(self.flow_betas[0]), float(self.flow_betas[1]))
 
 
 def _checked(x: Tensor, name: str, dim: int | None = None) -> None:
@@ -118,7 +119,9 @@ class JeffreysTrainer:
     """
 
     def __init__(self, flow: nn.Module, energy: nn.Module, config: JeffreysConfig | None = None):
-        self.flow, self.energy = flow, energy
+        # the flow is duck-typed (sbi's ConditionalDensityEstimator methods), hence Any
+        self.flow: Any = flow
+        self.energy = energy
         self.config = config = config or JeffreysConfig()
         device = next(flow.parameters()).device
         self.dual = DualState(
@@ -242,11 +245,12 @@ class JeffreysTrainer:
         if self._keys is None:
             self._keys = list(stats)
             self._acc = torch.zeros(len(self._keys), device=inputs.device)
+        assert self._acc is not None
         self._acc.add_(torch.stack([stats[k] for k in self._keys]))
 
     def read_statistics(self, count: int) -> dict[str, float]:
         """The step statistics averaged over the last ``count`` steps (one host sync); resets the sums."""
-        if self._acc is None or count == 0:
+        if self._acc is None or self._keys is None or count == 0:
             return {}
         values = (self._acc / count).tolist()
         self._acc.zero_()  # in place: a recorded step adds into this very tensor
@@ -492,7 +496,7 @@ def _clone(tree):
 
 
 def warm_start_energy(
-    flow: nn.Module,
+    flow: Any,
     energy: nn.Module,
     contexts: Iterator[Tensor | None] | None = None,
     steps: int = 500,

@@ -87,6 +87,6 @@ class StepGraph:
                 self.fn(*rec.static)
             rec.graph = graph
         for buf, x in zip(rec.static, inputs):
-            if buf is not None and x.data_ptr() != buf.data_ptr():
+            if buf is not None and x is not None and x.data_ptr() != buf.data_ptr():
                 buf.copy_(x)
         rec.graph.replay()

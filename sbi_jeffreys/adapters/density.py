@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -137,8 +137,8 @@ class JeffreysDensityEstimator:
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}.")
         self.features = features
-        self.flow_kwargs = dict(transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden))
-        self.energy_kwargs = dict(width=energy_width, blocks=energy_blocks, temperature=temperature)
+        self.flow_kwargs: dict[str, Any] = dict(transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden))
+        self.energy_kwargs: dict[str, Any] = dict(width=energy_width, blocks=energy_blocks, temperature=temperature)
         self.warm_start_steps = warm_start_steps
         self.device = torch.device(device)
         self.seed = seed
@@ -157,10 +157,10 @@ class JeffreysDensityEstimator:
         if self.seed is not None:
             torch.manual_seed(self.seed)
         mean, std = _standardisation(train)
-        self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
-        self.energy = ResidualEnergy(self.features, mean=mean, std=std, **self.energy_kwargs).to(self.device)
-        self.trainer = JeffreysTrainer(self.flow, self.energy, self.config)
-        return self.trainer
+        self.flow = flow = build_flow(train, **self.flow_kwargs).to(self.device)
+        self.energy = energy = ResidualEnergy(self.features, mean=mean, std=std, **self.energy_kwargs).to(self.device)
+        self.trainer = trainer = JeffreysTrainer(flow, energy, self.config)
+        return trainer
 
     def fit(
         self,
@@ -203,8 +203,8 @@ class JeffreysDensityEstimator:
             trainer.load(path)
         elif self.warm_start_steps > 0:
             warm_start_energy(
-                self.flow,
-                self.energy,
+                trainer.flow,
+                trainer.energy,
                 None,
                 steps=self.warm_start_steps,
                 num_samples=min(self.config.num_zeta_samples, 1024),
@@ -214,6 +214,7 @@ class JeffreysDensityEstimator:
 
         def validate() -> dict[str, float]:
             nonlocal eval_seconds
+            assert test is not None  # only passed to fit() when there is test data
             t0 = time.perf_counter()
             out = trainer.evaluate(test)
             eval_seconds += time.perf_counter() - t0

@@ -11,7 +11,7 @@ importance sampling from :math:`p_\theta(\cdot\mid x)` over the support (eq. 12)
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from sbi.inference.posteriors.base_posterior import NeuralPosterior
@@ -80,8 +80,9 @@ class LangevinPosterior(NeuralPosterior):
         if method not in ("ula", "mala"):
             raise ValueError(f"method must be 'ula' or 'mala', got {method!r}.")
         device = device if device is not None else next(flow.parameters()).device
-        super().__init__(EnergyPotential(energy, prior, device=device), mcmc_transform(prior), device=device)
-        self.flow, self.energy, self.prior = flow.eval(), energy.eval(), prior
+        super().__init__(EnergyPotential(energy, prior, device=str(device)), mcmc_transform(prior), device=device)
+        self.flow: Any = flow.eval()  # duck-typed sbi ConditionalDensityEstimator
+        self.energy, self.prior = energy.eval(), prior
         self.num_steps, self.step_size, self.method = num_steps, step_size, method
         self.num_zeta_samples = num_zeta_samples
         self.acceptance_rate: Tensor | None = None
@@ -126,7 +127,7 @@ class LangevinPosterior(NeuralPosterior):
         def log_density(theta: Tensor) -> Tensor:
             return self.energy(theta, x)
 
-        bounds = None if self._bounds is None else tuple(b.to(init.device) for b in self._bounds)
+        bounds = None if self._bounds is None else (self._bounds[0].to(init.device), self._bounds[1].to(init.device))
         if self.method == "ula":
             return langevin(
                 log_density, init, self.num_steps, self.step_size, bounds=bounds, show_progress=show_progress_bars

@@ -111,7 +111,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         )
         # the engine draws reparameterized samples for many conditions at once: sbi's nflows
         # estimators need their sample_and_log_prob fixed for that (nets.flows.reparameterized)
-        build_flow = self._build_neural_net
+        build_flow: Callable = self._build_neural_net  # type: ignore[has-type]
         self._build_neural_net = lambda theta, x: reparameterized(build_flow(theta, x))
         self._build_energy = energy_nn(energy_estimator) if isinstance(energy_estimator, str) else energy_estimator
         self._energy_net: nn.Module | None = None
@@ -256,8 +256,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 gradient_estimator=gradient_estimator,
                 kl_weight=temperature if temperature_weighted_kl else 1.0,
                 clip_max_norm=clip_max_norm,
-                betas=tuple(energy_betas),
-                flow_betas=tuple(flow_betas),
+                betas=(float(energy_betas[0]), float(energy_betas[1])),
+                flow_betas=(float(flow_betas[0]), float(flow_betas[1])),
                 cuda_graph=cuda_graph,
             )
             self._trainer = JeffreysTrainer(flow, energy, config)
@@ -272,6 +272,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         val_theta = theta_all[self.val_indices].to(self._device)
         val_x = x_all[self.val_indices].to(self._device)
         trainer = self._trainer
+        assert trainer is not None
         start = time.time()
         epoch_start = [time.time()]
 

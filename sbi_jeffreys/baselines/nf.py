@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -59,8 +59,8 @@ class NFDensityEstimator:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}.")
         self.features = features
-        self.flow_kwargs = dict(transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden))
-        self.lr, self.betas = lr, tuple(betas)
+        self.flow_kwargs: dict[str, Any] = dict(transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden))
+        self.lr, self.betas = lr, (float(betas[0]), float(betas[1]))
         self.device = torch.device(device)
         self.seed = seed
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
@@ -76,10 +76,8 @@ class NFDensityEstimator:
         train = _as_data(train, self.features, self.device, "train")
         if self.seed is not None:
             torch.manual_seed(self.seed)
-        self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.flow.parameters(), lr=self.lr, betas=self.betas, capturable=self.cuda_graph
-        )
+        flow = self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
+        self.optimizer = torch.optim.Adam(flow.parameters(), lr=self.lr, betas=self.betas, capturable=self.cuda_graph)
         self.epoch, self._history = 0, {}
         self._total = torch.zeros((), device=self.device)
         self._graph = StepGraph(self._accumulated_step) if self.cuda_graph else None
@@ -94,18 +92,24 @@ class NFDensityEstimator:
 
     def step(self, x: Tensor) -> Tensor:
         """One Adam step on the mean NLL of the batch ``x``; returns the detached loss (no sync)."""
-        self.flow.train()
-        loss = -self.flow.log_prob(x.unsqueeze(0)).mean()
-        self.optimizer.zero_grad(set_to_none=True)
+        flow, optimizer = self.flow, self.optimizer
+        if flow is None or optimizer is None:
+            raise RuntimeError("Call build() (or fit()) before step().")
+        flow.train()
+        loss = -flow.log_prob(x.unsqueeze(0)).mean()
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
         return loss.detach()
 
     @torch.no_grad()
     def evaluate(self, test: Tensor) -> dict[str, float]:
         """Held-out NLL of the flow, ``{"val_nll_p": ...}`` (``test`` already on the device)."""
-        self.flow.eval()
-        return {"val_nll_p": float(-_chunked(lambda b: self.flow.log_prob(b.unsqueeze(0))[0], test).mean())}
+        flow = self.flow
+        if flow is None:
+            raise RuntimeError("Call build() (or fit()) before evaluate().")
+        flow.eval()
+        return {"val_nll_p": float(-_chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], test).mean())}
 
     def fit(
         self,

@@ -143,9 +143,9 @@ def train_inference(
     theta, x = simulations if simulations is not None else simulate(task, num_simulations, seed)
     cls = spec.load()
     kwargs: dict[str, Any] = {"prior": prior_on_device(task, device), "device": device}
-    if _accepts(cls.__init__, "show_progress_bars"):
+    if _accepts(cls, "show_progress_bars"):
         kwargs["show_progress_bars"] = False
-    if _accepts(cls.__init__, "tracker"):
+    if _accepts(cls, "tracker"):
         kwargs["tracker"] = _NullTracker()
     kwargs.update(spec.init_kwargs)
     kwargs.update(method_kwargs)

@@ -28,6 +28,9 @@ class SpectralLinear(nn.Linear):
     True
     """
 
+    _u: Tensor
+    _v: Tensor
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init_iterations: int = 15):
         super().__init__(in_features, out_features, bias=bias)
         self.register_buffer("_u", nn.functional.normalize(torch.randn(out_features), dim=0))
@@ -59,6 +62,9 @@ def _sn_linear(i: int, o: int) -> nn.Module:
 
 class Standardize(nn.Module):
     """Fixed z-scoring ``(x - mean) / std`` (sbi z-scores theta and x the same way)."""
+
+    mean: Tensor
+    std: Tensor
 
     def __init__(self, mean: Tensor | None, std: Tensor | None, dim: int):
         super().__init__()
@@ -140,8 +146,10 @@ class FiLMBlock(nn.Module):
         )
         self.alpha = nn.Parameter(torch.ones(()))
         # gamma starts near 1 so the block starts as a plain residual block
-        nn.init.zeros_(self.gamma[-1].weight)
-        nn.init.ones_(self.gamma[-1].bias)
+        last = self.gamma[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.ones_(last.bias)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
         # gamma(c), beta(c) are (C, width): computed once per condition, broadcast over samples

@@ -46,6 +46,10 @@ class UnconditionalFlow(nn.Module):
             a fixed affine first layer so that densities stay those of the raw data.
     """
 
+    shift: Tensor
+    scale: Tensor
+    flow: zuko.flows.Flow
+
     def __init__(self, flow: zuko.flows.Flow, features: int, shift: Tensor | None = None, scale: Tensor | None = None):
         super().__init__()
         self.flow = flow

@@ -20,6 +20,9 @@ class DualState(nn.Module):
     :math:`\delta = 1/(2\lambda)` stays finite (the paper: "we also initialize λ to be non-zero").
     """
 
+    floor: Tensor
+    rates: Tensor
+
     def __init__(
         self,
         init: float = 0.01,
@@ -60,6 +63,7 @@ class DualState(nn.Module):
         else:
             before = self.lam.clone()
             self.lam.grad = slacks.clone()
+            assert self.opt is not None
             self.opt.step()
             # per-multiplier learning rates on top of Adam's normalized step
             self.lam.copy_(before + self.rates * (self.lam - before))
