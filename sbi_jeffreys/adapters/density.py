@@ -10,9 +10,12 @@ models; it never touches the objective.
 Iterations and epochs: the engine's "epoch" is one pass over the training set; with the
 paper's full batches (``batch_size=None``) one epoch is one iteration (one GDA step).
 
-Example:
-    >>> est = JeffreysDensityEstimator(2, seed=0).fit(train, iterations=25_000, test=test)
-    >>> est.log_prob(x), est.proxy_log_prob(x), est.sample(1000)
+Example (the paper runs 25,000 iterations; 20 keep the example quick):
+    >>> from sbi_jeffreys.datasets import load_toy2d
+    >>> train, test = load_toy2d("ring8", seed=0)
+    >>> est = JeffreysDensityEstimator(2, seed=0).fit(train, iterations=20, test=test, show_progress=False)
+    >>> est.log_prob(test[:5]).shape, est.proxy_log_prob(test[:5]).shape, est.sample(1000).shape
+    (torch.Size([5]), torch.Size([5]), torch.Size([1000, 2]))
 """
 
 from __future__ import annotations

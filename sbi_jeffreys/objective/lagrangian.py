@@ -112,6 +112,12 @@ def zeta_constraints(zeta_mean: Tensor, log_zeta_ms: Tensor, eps_zeta: float, ki
 
     Returns:
         ``(2,)``: :math:`(g_u, g_\ell)`.
+
+    >>> log_zeta = torch.tensor([0.0, 2.0, -2.0])  # two conditions off by 2 nats each
+    >>> zeta_constraints(log_zeta.exp().mean(), log_zeta.pow(2).mean(), eps_zeta=1.0, kind="box")
+    tensor([ 0.8415, -1.8415])
+    >>> zeta_constraints(log_zeta.exp().mean(), log_zeta.pow(2).mean(), eps_zeta=1.0, kind="per_condition")
+    tensor([2.1862, 0.0000])
     """
     if kind == "box":
         return torch.stack([zeta_mean - 1 - eps_zeta, 1 - zeta_mean])

@@ -23,6 +23,12 @@ def log_partition(log_f: Tensor, log_p: Tensor) -> Tensor:
 
     Returns:
         :math:`\log\hat\zeta` per condition, shape ``(C,)``.
+
+    Example: a proxy equal to the proposal shifted by log 2 has :math:`\log\zeta = \log 2`.
+
+    >>> log_p = torch.randn(100, 3)
+    >>> log_partition(log_p + math.log(2.0), log_p)
+    tensor([0.6931, 0.6931, 0.6931])
     """
     if log_f.shape != log_p.shape:
         raise ValueError(f"log_f {tuple(log_f.shape)} and log_p {tuple(log_p.shape)} differ in shape.")
