@@ -29,6 +29,22 @@ def _importer(module: str, attribute: str) -> Callable[[], type]:
     return load
 
 
+class _lazy_builder:
+    """A density-estimator builder named by a function of :mod:`sbi_jeffreys.nets.flows`, built on
+    first use (the registry imports neither sbi nor the package's networks)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, theta, x):
+        from sbi_jeffreys.nets import flows
+
+        return getattr(flows, self.name)()(theta, x)
+
+    def __repr__(self) -> str:
+        return f"flows.{self.name}"
+
+
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -90,11 +106,24 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             init_kwargs=_frozen({"density_estimator": "zuko_nsf"}),
             description="sbi's NPE with zuko's (masked-autoregressive) NSF",
         ),
+        "npe_zuko_coupling_nsf": MethodSpec(
+            name="npe_zuko_coupling_nsf",
+            load=_importer("sbi.inference", "NPE"),
+            init_kwargs=_frozen({"density_estimator": _lazy_builder("zuko_coupling_nsf")}),
+            description="sbi's NPE with a zuko coupling NSF with residual conditioners (CUDA-graph replayable)",
+        ),
         "jeffreys_npe": MethodSpec(
             name="jeffreys_npe",
             load=_JEFFREYS,
             posterior_kwargs=_frozen({"sample_with": "flow"}),
             description="JeffreysNPE, posterior sampled from the flow p_theta",
+        ),
+        "jeffreys_npe_zuko_coupling_nsf": MethodSpec(
+            name="jeffreys_npe_zuko_coupling_nsf",
+            load=_JEFFREYS,
+            init_kwargs=_frozen({"density_estimator": _lazy_builder("zuko_coupling_nsf")}),
+            posterior_kwargs=_frozen({"sample_with": "flow"}),
+            description="JeffreysNPE with the zuko coupling NSF (its step can be replayed as a CUDA graph)",
         ),
         "jeffreys_npe_langevin": MethodSpec(
             name="jeffreys_npe_langevin",

@@ -95,3 +95,25 @@ def reparameterized(estimator: nn.Module) -> nn.Module:
     if isinstance(estimator, NFlowsFlow) and not isinstance(estimator, ReparameterizedNFlowsFlow):
         return ReparameterizedNFlowsFlow(estimator.net, estimator.input_shape, estimator.condition_shape)
     return estimator
+
+
+def zuko_coupling_nsf(hidden_features: Sequence[int] = (50, 50), num_transforms: int = 5, num_bins: int = 10, **kwargs):
+    """Builder ``(theta, x) -> estimator`` of a zuko coupling NSF (``passes=2``) with residual
+    conditioners, sized like sbi's ``nsf`` (5 transforms, 10 bins, width 50), with sbi's z-scoring.
+    Unlike nflows' spline, its training step can be replayed as a CUDA graph. Measured against
+    ``nsf`` in ``experiments/flow_comparison.py`` (docs/results.md)."""
+    import warnings
+
+    from sbi.neural_nets import posterior_nn
+
+    with warnings.catch_warnings():  # sbi forwards zuko's passes/residual with an "unknown kwargs" warning
+        warnings.filterwarnings("ignore", message="Unknown kwargs passed to ConditionalFlowConfig")
+        return posterior_nn(
+            "zuko_nsf",
+            hidden_features=list(hidden_features),
+            num_transforms=num_transforms,
+            num_bins=num_bins,
+            passes=2,
+            residual=True,
+            **kwargs,
+        )
