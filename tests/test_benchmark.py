@@ -148,6 +148,24 @@ def test_c2st_same_distribution_near_half_separated_near_one():
         c2st_paper(X, Y[:, :2], seed=0)
 
 
+def test_batched_torch_c2st_agrees_with_sbibm():
+    """sbibm's classifier trained in torch, several tests as one batched model: each score within
+    the classifier's own seed spread of sbibm's (a mid-range case), and in the right order."""
+    from sbi_jeffreys.benchmark.c2st_torch import c2st_batched
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(1000, 2, generator=g)
+    pairs = [(X, torch.randn(1000, 2, generator=g) + shift * torch.tensor([1.0, 0.0])) for shift in (0.0, 1.0, 6.0)]
+    ours = c2st_batched(pairs)
+    assert abs(ours[0] - 0.5) < 0.05 and ours[2] > 0.99
+    reference = c2st_sbibm(*pairs[1])  # about 0.69
+    assert 0.6 < reference < 0.8 and abs(ours[1] - reference) < 0.03, (ours, reference)
+    with pytest.raises(ValueError, match="one shape"):
+        c2st_batched([(X, X), (X[:500], X[:500])])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        c2st_batched([(X, X * float("nan"))])
+
+
 # --------------------------------------------------------------------------- adapter
 
 
@@ -197,6 +215,25 @@ def test_store_never_duplicates_rows(tmp_path):
     assert len(rows) == 3 and len(set(_keys(rows))) == 3
     assert rows[0]["c2st"] == "0.7"  # the first stored value wins
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tiny_sweep_scores_with_the_batched_c2st(tmp_path):
+    report = run_sweep(
+        ["two_moons"],
+        [200],
+        [0],
+        [1, 2],
+        ["npe"],
+        tmp_path,
+        num_samples=200,
+        c2st="torch",
+        train_kwargs=TINY_TRAIN,
+        progress=False,
+        summarize=False,
+    )
+    assert report.failures == [] and report.rows_written == 2
+    rows = _rows(tmp_path / "results.csv")
+    assert all(r["c2st_kind"] == "torch" and 0.4 <= float(r["c2st"]) <= 1.0 for r in rows)
 
 
 def test_tiny_sweep_writes_results_summary_and_figure(tmp_path):
