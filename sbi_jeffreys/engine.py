@@ -10,8 +10,14 @@ Design choices the paper leaves open (docs/design.md): by default (``num_rv_samp
 draw of M samples per condition serves both the ζ estimate and the reverse KL: sampling the
 flow (an inverse pass) dominates the cost of a step, the two estimates enter the surrogate as a
 sum (never a product), and the ζ path sees the samples detached so that θ gets no gradient
-from log ζ. ``num_rv_samples=K`` draws K independent reverse-KL samples per condition instead.
-ζ is the self-normalized 1/M estimate. All per-step statistics stay on the device; the host syncs once per log point.
+from log ζ. ``num_rv_samples=K`` draws K independent reverse-KL samples per condition instead (JeffreysNPE
+uses K = 1; the score-function estimator then takes its per-condition baseline from the
+separate ζ draw). ζ is the self-normalized 1/M estimate. Each step refreshes the EBM's spectral
+norm once, then evaluates the EBM on proposals, reverse-KL samples and data in one call. All
+per-step statistics stay on the device; the host syncs once per log point.
+
+Module size: the step, the loop, the divergence guard and the state/RNG plumbing are kept
+together here for now; splitting them is an open item (issue 15).
 """
 
 from __future__ import annotations
