@@ -17,7 +17,7 @@ norm once, then evaluates the EBM on proposals, reverse-KL samples and data in o
 per-step statistics stay on the device; the host syncs once per log point.
 
 Module size: the step, the loop, the divergence guard and the state/RNG plumbing are kept
-together here for now; splitting them is an open item (issue 15).
+together here for now; splitting them into small modules is still to do.
 """
 
 from __future__ import annotations
