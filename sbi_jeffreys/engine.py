@@ -154,6 +154,7 @@ class JeffreysTrainer:
         self.epoch = 0
         self.rollbacks = 0
         self.diverged = False  # rollbacks ran out; training stopped on the best validated state
+        self.stopped_early = False  # the last fit() ended by early stopping
         self.history: dict[str, list[float]] = {}
         self.best: dict | None = None  # {"metric": float, "epoch": int, "flow": sd, "energy": sd}
         self._good: dict | None = None
@@ -299,6 +300,7 @@ class JeffreysTrainer:
         At the end the best state under ``monitor`` (if validated) is restored.
         """
         huge = max_epochs > 10**7  # sbi's "no limit" default
+        self.stopped_early = False
         bar = tqdm(
             total=None if huge else max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training"
         )
@@ -344,6 +346,7 @@ class JeffreysTrainer:
                 and self.best is not None
                 and self.epoch - self.best["epoch"] >= stop_after_epochs
             ):
+                self.stopped_early = True
                 break
         bar.close()
         if self.best is not None:

@@ -299,8 +299,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             on_log=on_log,
         )
         best = trainer.best["metric"] if trainer.best else float("nan")
-        stopped_early = trainer.best is not None and trainer.epoch - trainer.best["epoch"] >= stop_after_epochs
-        if trainer.epoch >= max_num_epochs and not stopped_early and not trainer.diverged:
+        if trainer.epoch >= max_num_epochs and not trainer.stopped_early and not trainer.diverged:
             warnings.warn(
                 f"Maximum number of epochs `max_num_epochs={max_num_epochs}` reached, "
                 "but network has not yet fully converged. Consider increasing it.",

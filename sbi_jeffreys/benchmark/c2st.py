@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["c2st_sbibm", "c2st_paper", "C2ST_METRICS", "get_c2st"]
+__all__ = ["c2st_sbibm", "c2st_paper", "c2st_torch", "C2ST_METRICS", "get_c2st"]
 
 
 def _as_2d_float(name: str, a) -> torch.Tensor:
@@ -74,14 +74,16 @@ def c2st_paper(X, Y, seed: int = 0) -> float:
 
 
 #: C2ST variants by name (the ``--c2st`` option of ``experiments/sbi_sweep.py``).
-def _c2st_torch(X, Y, seed: int = 1, n_folds: int = 5) -> float:
-    from sbi_jeffreys.benchmark.c2st_torch import c2st_torch
+def c2st_torch(X, Y, seed: int = 1, n_folds: int = 5, device: str | torch.device = "cpu") -> float:
+    """One C2ST by :func:`~sbi_jeffreys.benchmark.c2st_torch.c2st_batched`: sbibm's classifier
+    and protocol, trained in torch (on ``device``)."""
+    from sbi_jeffreys.benchmark.c2st_torch import c2st_batched
 
     X, Y = _check_pair(X, Y)
-    return c2st_torch(X, Y, seed=seed, n_folds=n_folds)
+    return c2st_batched([(X, Y)], seed=seed, n_folds=n_folds, device=device)[0]
 
 
-C2ST_METRICS: dict[str, Callable[..., float]] = {"sbibm": c2st_sbibm, "paper": c2st_paper, "torch": _c2st_torch}
+C2ST_METRICS: dict[str, Callable[..., float]] = {"sbibm": c2st_sbibm, "paper": c2st_paper, "torch": c2st_torch}
 
 
 def get_c2st(kind: str) -> Callable[..., float]:

@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["c2st_batched", "c2st_torch"]
+__all__ = ["c2st_batched"]
 
 
 def _folds(n: int, n_folds: int, generator: torch.Generator) -> list[Tensor]:
@@ -172,8 +172,3 @@ def c2st_batched(
         correct = ((forward(xs[pair_of[:, None], rows]) > 0).float() == labels[rows]).float()
         acc = (correct * real).sum(1) / real.sum(1)
     return acc.reshape(len(pairs), n_folds).mean(1).tolist()
-
-
-def c2st_torch(X: Tensor, Y: Tensor, seed: int = 1, n_folds: int = 5, device: str | torch.device = "cpu") -> float:
-    """One C2ST by :func:`c2st_batched` (sbibm's classifier and protocol, trained in torch)."""
-    return c2st_batched([(torch.as_tensor(X), torch.as_tensor(Y))], seed=seed, n_folds=n_folds, device=device)[0]
