@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_jeffreys.graphs import StepGraph
-from sbi_jeffreys.nets.ebm import refresh_spectral_norm
+from sbi_jeffreys.nets.ebm import is_flow_tilted, refresh_spectral_norm
 from sbi_jeffreys.objective import (
     MULTIPLIERS,
     DualState,
@@ -41,6 +41,7 @@ from sbi_jeffreys.objective import (
     constraint_slacks,
     log_partition,
     primal_surrogate,
+    tilted_terms,
 )
 from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
 
@@ -61,6 +62,8 @@ class JeffreysConfig:
     zeta_multiplier_lr: float = 1e-3
     multiplier_optimizer: str = "sgd"
     multiplier_init: float = 0.01
+    min_rv_multiplier: float = 0.0  # floor of lambda_rv (beyond the paper; DualState)
+    max_rv_multiplier: float | None = None  # cap of lambda_rv; 0 turns the reverse KL off (ablation)
     eps_zeta: float = 0.1
     zeta_constraint: str = "box"  # B.6's batch-mean box, or "per_condition" (zeta_constraints)
     negative_nll: bool = True
@@ -136,6 +139,8 @@ class JeffreysTrainer:
             zeta_lr=config.zeta_multiplier_lr,
             optimizer=config.multiplier_optimizer,
             negative_nll=config.negative_nll,
+            min_rv=config.min_rv_multiplier,
+            max_rv=config.max_rv_multiplier,
         ).to(device)
         # a recorded step keeps Adam's step counts on the device (capturable); CPU runs eagerly
         graph = config.cuda_graph and device.type == "cuda"
@@ -168,6 +173,7 @@ class JeffreysTrainer:
         cfg, flow, energy = self.config, self.flow, self.energy
         reparam = cfg.gradient_estimator == "reparameterized" if reparameterized is None else reparameterized
         cached = context is None and cfg.zeta_every > 1
+        tilted = is_flow_tilted(energy)  # f = log p_bar + g: the energy returns g (objective.tilted)
         x = inputs.unsqueeze(0)
         if cfg.num_rv_samples is None and not cached:
             # one draw of M samples per condition serves both log zeta (eq. 12) and the reverse KL
@@ -176,12 +182,16 @@ class JeffreysTrainer:
                 logp_x = flow.log_prob(x, context)
                 # the zeta path sees the samples detached: theta gets no gradient from log zeta
                 f_y, f_z, f_x = _joint(energy, [y, y.detach(), x], context)
+                if tilted:
+                    return tilted_terms(logp_x[0], f_x[0], logp_y, f_y, f_z, True)
                 log_zeta = log_partition(f_z, logp_y.detach())
             else:
                 with torch.no_grad():
                     y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)[0]
                 logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
                 f_y, f_x = _joint(energy, [y, x], context)
+                if tilted:
+                    return tilted_terms(logp_x[0], f_x[0], logp_y, f_y, f_y, False)
                 log_zeta = log_partition(f_y, logp_y.detach())
             return Terms(logp_x[0], f_x[0], logp_y, f_y, log_zeta, reparam)
         if cached:
@@ -202,6 +212,8 @@ class JeffreysTrainer:
                 y = flow.sample_and_log_prob((k,), context)[0]
             logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
         f_z, f_y, f_x = _joint(energy, [y_z, y, x], context)
+        if tilted:
+            return tilted_terms(logp_x[0], f_x[0], logp_y, f_y, f_z, reparam, separate_zeta_draw=True)
         log_zeta = log_partition(f_z, logp_z)
         # per-condition score-function baseline from the separate zeta draw (independent of y)
         baseline = None if reparam else (logp_z - f_z).detach().mean(0)

@@ -125,6 +125,26 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             posterior_kwargs=_frozen({"sample_with": "flow"}),
             description="JeffreysNPE with the zuko coupling NSF (its step can be replayed as a CUDA graph)",
         ),
+        "jeffreys_npe_proxy": MethodSpec(
+            name="jeffreys_npe_proxy",
+            load=_JEFFREYS,
+            posterior_kwargs=_frozen({"sample_with": "proxy"}),
+            description="JeffreysNPE, posterior of the free EBM q_psi by importance resampling of flow samples",
+        ),
+        "jeffreys_npe_tilted": MethodSpec(
+            name="jeffreys_npe_tilted",
+            load=_JEFFREYS,
+            init_kwargs=_frozen({"energy_estimator": "flow_tilted"}),
+            posterior_kwargs=_frozen({"sample_with": "flow"}),
+            description="JeffreysNPE with the flow-tilted proxy, posterior sampled from the flow p_theta",
+        ),
+        "jeffreys_npe_tilted_proxy": MethodSpec(
+            name="jeffreys_npe_tilted_proxy",
+            load=_JEFFREYS,
+            init_kwargs=_frozen({"energy_estimator": "flow_tilted"}),
+            posterior_kwargs=_frozen({"sample_with": "proxy"}),
+            description="JeffreysNPE with the flow-tilted proxy, posterior p_theta e^g by importance resampling",
+        ),
         "jeffreys_npe_langevin": MethodSpec(
             name="jeffreys_npe_langevin",
             load=_JEFFREYS,

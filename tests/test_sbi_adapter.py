@@ -23,7 +23,7 @@ from sbi.utils import BoxUniform
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
-from sbi_jeffreys.adapters.posterior import LangevinPosterior
+from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
 from sbi_jeffreys.adapters.sbi import JeffreysNPE
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
 from sbi_jeffreys.objective import log_partition
@@ -116,6 +116,15 @@ def trained() -> JeffreysNPE:
 
 
 @pytest.fixture(scope="module")
+def trained_tilted() -> JeffreysNPE:
+    prior, theta, x = toy_data(300, 0)
+    torch.manual_seed(0)
+    inference = make_inference(prior, energy_estimator="flow_tilted")
+    inference.append_simulations(theta, x).train(**TINY)
+    return inference
+
+
+@pytest.fixture(scope="module")
 def x_obs() -> tuple[Tensor, Tensor]:
     """One observation ``(1, K)`` and a batch of three ``(3, K)``."""
     _, _, x = toy_data(3, seed=123)
@@ -182,14 +191,24 @@ POSTERIOR_KINDS = {
     "flow": dict(sample_with="flow"),
     "langevin_ula": dict(sample_with="langevin", langevin_method="ula", **FEW_STEPS),
     "langevin_mala": dict(sample_with="langevin", langevin_method="mala", **FEW_STEPS),
+    "proxy": dict(sample_with="proxy", num_zeta_samples=64),
+    # the flow-tilted proxy (fixture trained_tilted): importance resampling, latent MALA
+    "tilted_proxy": dict(sample_with="proxy", num_zeta_samples=64),
+    "tilted_latent_mala": dict(sample_with="langevin", num_steps=20, num_zeta_samples=64),
 }
+POSTERIOR_CLASS = {"flow": DirectPosterior, "proxy": ImportancePosterior, "tilted_proxy": ImportancePosterior}
+
+
+def _model(request, kind: str) -> JeffreysNPE:
+    return request.getfixturevalue("trained_tilted" if kind.startswith("tilted") else "trained")
 
 
 @pytest.mark.parametrize("kind", list(POSTERIOR_KINDS))
-def test_posterior_shapes(trained, x_obs, kind):
+def test_posterior_shapes(request, x_obs, kind):
+    trained = _model(request, kind)
     x_o, x_batch = x_obs
     posterior = trained.build_posterior(**POSTERIOR_KINDS[kind])
-    assert isinstance(posterior, DirectPosterior if kind == "flow" else LangevinPosterior)
+    assert isinstance(posterior, POSTERIOR_CLASS.get(kind, LangevinPosterior))
     # x as (1, K) or (K,)
     assert posterior.sample((7,), x=x_o, show_progress_bars=False).shape == (7, D)
     assert posterior.sample((7,), x=x_o[0], show_progress_bars=False).shape == (7, D)
@@ -211,13 +230,19 @@ def test_posterior_shapes(trained, x_obs, kind):
     map_ = posterior.map(num_iter=20, num_init_samples=50, num_to_optimize=10)
     assert map_.shape in {(1, D), (D,)}
     assert inside_box(map_.reshape(-1, D), trained._prior).all()
-    if kind == "langevin_mala":
+    if kind in ("langevin_mala", "tilted_latent_mala"):
         rate = posterior.acceptance_rate
         assert rate is not None and ((rate >= 0) & (rate <= 1)).all()
+    if kind == "tilted_latent_mala":
+        assert posterior.space == "latent" and posterior.method == "mala"
+    if kind.endswith("proxy"):
+        ess = posterior.effective_sample_size
+        assert ess is not None and ((ess > 0) & (ess <= 1)).all()
 
 
 @pytest.mark.parametrize("kind", list(POSTERIOR_KINDS))
-def test_samples_inside_prior_support(trained, x_obs, kind):
+def test_samples_inside_prior_support(request, x_obs, kind):
+    trained = _model(request, kind)
     x_o, x_batch = x_obs
     prior = trained._prior
     # the raw flow leaks out of the narrow box: the test is not vacuous
@@ -227,7 +252,7 @@ def test_samples_inside_prior_support(trained, x_obs, kind):
     assert (~inside_box(raw, prior)).float().mean() > 0.05
     # large Langevin steps, so that chains hit the walls of the box
     options = dict(POSTERIOR_KINDS[kind])
-    if kind != "flow":
+    if kind.startswith("langevin"):
         options.update(num_steps=30, step_size=2e-2)
     posterior = trained.build_posterior(**options)
     torch.manual_seed(0)
@@ -665,7 +690,7 @@ def test_error_too_few_simulations_for_validation(toy):
 
 
 def test_error_unknown_sample_with_and_method(trained):
-    with pytest.raises(ValueError, match="sample_with must be 'flow' or 'langevin', got 'mcmc'"):
+    with pytest.raises(ValueError, match="sample_with must be 'flow', 'proxy' or 'langevin', got 'mcmc'"):
         trained.build_posterior(sample_with="mcmc")
     with pytest.raises(ValueError, match="method must be 'ula' or 'mala', got 'hmc'"):
         trained.build_posterior(sample_with="langevin", langevin_method="hmc")
@@ -741,6 +766,19 @@ def test_save_load_round_trip(trained, x_obs, tmp_path):
         assert torch.equal(lp_before, lp_after), options
     assert loaded.summary["epochs_trained"] == trained.summary["epochs_trained"]
     assert loaded.summary["validation_loss"] == trained.summary["validation_loss"]
+
+
+def test_save_load_round_trip_flow_tilted(trained_tilted, x_obs, tmp_path):
+    x_o, _ = x_obs
+    path = tmp_path / "tilted.pt"
+    trained_tilted.save(str(path))
+    loaded = JeffreysNPE.load(
+        str(path), trained_tilted._prior, energy_estimator="flow_tilted", tracker=NoTracker(), show_progress_bars=False
+    )
+    for options in (dict(sample_with="proxy", num_zeta_samples=64), dict(sample_with="langevin", num_steps=5)):
+        before, lp_before = _samples(trained_tilted, x_o, **options)
+        after, lp_after = _samples(loaded, x_o, **options)
+        assert torch.equal(before, after) and torch.equal(lp_before, lp_after), options
 
 
 class _Evil:

@@ -25,9 +25,9 @@ from sbi.utils import within_support
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sbi_jeffreys.adapters.posterior import LangevinPosterior
+from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, warm_start_energy
-from sbi_jeffreys.nets.ebm import energy_nn
+from sbi_jeffreys.nets.ebm import energy_nn, is_flow_tilted
 from sbi_jeffreys.nets.flows import reparameterized
 
 #: The paper's App. D.4 settings, a documented preset (``JeffreysNPE(...).train(**PAPER_D4)``).
@@ -54,6 +54,9 @@ DEFAULTS: dict[str, Any] = dict(
     zeta_multiplier_learning_rate=1e-2,
     multiplier_optimizer="sgd",
     multiplier_init=0.01,
+    min_rv_multiplier=0.0,
+    max_rv_multiplier=None,
+    early_stopping="flow",
     eps_zeta=1.0,
     zeta_constraint="per_condition",
     negative_nll=True,
@@ -83,9 +86,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             ``(theta, x) -> ConditionalDensityEstimator`` (e.g. ``sbi.neural_nets.posterior_nn``).
             nflows-based estimators get a correct reparameterized ``sample_and_log_prob``
             (:func:`sbi_jeffreys.nets.flows.reparameterized`); zuko-based ones have one.
-        energy_estimator: ``"film_resnet"`` or a builder ``(theta, x) -> nn.Module`` mapping
-            ``(S, B, d)`` parameters and ``(B, k)`` conditions to ``(S, B)`` log-unnormalized
-            densities (see :func:`sbi_jeffreys.nets.energy_nn`).
+        energy_estimator: ``"film_resnet"`` (the paper's free EBM), ``"flow_tilted"`` (the proxy
+            :math:`\log p_{\bar\theta} + g_\psi`, :mod:`sbi_jeffreys.objective.tilted`) or a builder
+            ``(theta, x) -> nn.Module`` mapping ``(S, B, d)`` parameters and ``(B, k)`` conditions
+            to ``(S, B)`` log-unnormalized densities (see :func:`sbi_jeffreys.nets.energy_nn`).
         device, logging_level, summary_writer, tracker, show_progress_bars: as in sbi.
     """
 
@@ -188,6 +192,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         zeta_multiplier_learning_rate: float = DEFAULTS["zeta_multiplier_learning_rate"],
         multiplier_optimizer: Literal["sgd", "adam"] = DEFAULTS["multiplier_optimizer"],
         multiplier_init: float = DEFAULTS["multiplier_init"],
+        min_rv_multiplier: float = DEFAULTS["min_rv_multiplier"],
+        max_rv_multiplier: float | None = DEFAULTS["max_rv_multiplier"],
+        early_stopping: Literal["flow", "proxy"] = DEFAULTS["early_stopping"],
         eps_zeta: float = DEFAULTS["eps_zeta"],
         zeta_constraint: Literal["box", "per_condition"] = DEFAULTS["zeta_constraint"],
         negative_nll: bool = DEFAULTS["negative_nll"],
@@ -211,7 +218,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         multipliers move (the Lagrangian is not), and equals NPE's validation loss, so both
         stop by the same rule. The dual's own options: ``energy_learning_rate`` (ψ),
         ``multiplier_learning_rate`` (λ_fw, λ_rv, λ_prx), ``zeta_multiplier_learning_rate``,
-        ``multiplier_optimizer``, ``multiplier_init``, ``eps_zeta`` (ζ box), ``zeta_constraint``
+        ``multiplier_optimizer``, ``multiplier_init``, ``min_rv_multiplier`` / ``max_rv_multiplier``
+        (bounds on λ_rv; a cap of 0 turns the reverse KL off), ``early_stopping`` (``"flow"``
+        watches the flow's validation NLL, ``"proxy"`` the proxy's), ``eps_zeta`` (ζ box), ``zeta_constraint``
         (``"per_condition"``: every condition's log ζ near 0; ``"box"``: B.6's batch mean), ``negative_nll`` (B.7),
         ``num_zeta_samples`` (M per condition), ``num_rv_samples`` (reverse-KL samples per
         condition; ``None`` reuses the M ζ-samples), ``gradient_estimator``,
@@ -223,6 +232,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         (:mod:`sbi_jeffreys.graphs`): the same training, without the host's launch cost, which
         dominates these small networks' steps on a GPU; ignored on a CPU.
         """
+        if early_stopping not in ("flow", "proxy"):
+            raise ValueError(f"early_stopping must be 'flow' or 'proxy', got {early_stopping!r}.")
         if not self._data_round_index:
             raise RuntimeError("No simulations found. You must call .append_simulations() before calling .train().")
         n = sum(t.shape[0] for t in self._theta_roundwise)
@@ -248,6 +259,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 zeta_multiplier_lr=zeta_multiplier_learning_rate,
                 multiplier_optimizer=multiplier_optimizer,
                 multiplier_init=multiplier_init,
+                min_rv_multiplier=min_rv_multiplier,
+                max_rv_multiplier=max_rv_multiplier,
                 eps_zeta=eps_zeta,
                 zeta_constraint=zeta_constraint,
                 negative_nll=negative_nll,
@@ -261,7 +274,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 cuda_graph=cuda_graph,
             )
             self._trainer = JeffreysTrainer(flow, energy, config)
-            if warm_start_steps > 0 and fresh:
+            if warm_start_steps > 0 and fresh and not is_flow_tilted(energy):  # a tilted proxy starts at q = p
                 # scale with the data (at most 10 epochs' worth of batches, 4 samples per condition)
                 # so that a small run pays no fixed cost for it
                 steps = min(warm_start_steps, 10 * max(1, len(train_loader)))
@@ -293,7 +306,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             lambda: ((t.to(self._device), x.to(self._device)) for t, x, _ in train_loader),
             max_epochs=max_num_epochs,  # as sbi: the total, counting epochs of earlier calls
             validate=validate,
-            monitor="val_nll_p",
+            monitor="val_nll_q" if early_stopping == "proxy" else "val_nll_p",
             stop_after_epochs=stop_after_epochs,
             show_progress=self._show_progress_bars,
             on_log=on_log,
@@ -330,17 +343,28 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self,
         density_estimator: nn.Module | None = None,
         prior: Distribution | None = None,
-        sample_with: Literal["flow", "langevin"] = "flow",
-        langevin_method: Literal["ula", "mala"] = "ula",
+        sample_with: Literal["flow", "proxy", "langevin"] = "flow",
+        langevin_method: Literal["ula", "mala"] | None = None,
         num_steps: int = 2000,
-        step_size: float = 1e-4,
+        step_size: float | None = None,
         num_zeta_samples: int = 1000,
+        oversampling: int = 16,
+        langevin_space: Literal["theta", "latent"] | None = None,
+        target_acceptance: float | None = None,
         device: str | torch.device | None = None,
         **kwargs,
     ):
         r"""``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
-        prior's support, leakage-corrected ``log_prob``). ``"langevin"``: :class:`LangevinPosterior`
-        on :math:`q_\psi` (D.4: 2,000 steps of 1e-4, initialised from :math:`p_\theta`).
+        prior's support, leakage-corrected ``log_prob``). ``"proxy"``: :class:`ImportancePosterior`
+        on :math:`q_\psi`, importance resampling of ``oversampling`` × n flow samples (its
+        ``effective_sample_size`` says how far :math:`q` is from :math:`p`). ``"langevin"``:
+        :class:`LangevinPosterior` on :math:`q_\psi` (D.4: 2,000 steps of 1e-4, initialised from
+        :math:`p_\theta`). Both proxy posteriors' ``log_prob`` normalize with ``num_zeta_samples``.
+
+        Langevin defaults depend on the proxy. The paper's free EBM: ULA on θ, 2,000 steps of 1e-4
+        (D.4). The flow-tilted proxy: MALA in the flow's latent space (``langevin_space="latent"``,
+        target :math:`\mathcal N(u)e^{g(T_x(u))}`), step size adapted from 0.1 towards an acceptance
+        rate of 0.574 over the first half of the steps. Each can be set explicitly.
 
         ``device`` puts the posterior's copies of the networks on another device than the one
         trained on (e.g. train on CPU cores, run Langevin chains on a GPU); pass a ``prior``
@@ -350,25 +374,39 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         prior = prior if prior is not None else self._prior
         device = str(torch.device(device)) if device is not None else self._device
         flow = deepcopy(density_estimator if density_estimator is not None else self._neural_net).to(device)
+        if sample_with not in ("flow", "proxy", "langevin"):
+            raise ValueError(f"sample_with must be 'flow', 'proxy' or 'langevin', got {sample_with!r}.")
+        if sample_with != "flow" and self._energy_net is None:
+            raise RuntimeError(
+                f"No energy model trained: call .train() before .build_posterior(sample_with={sample_with!r})."
+            )
         if sample_with == "flow":
             self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
+        elif sample_with == "proxy":
+            self._posterior = ImportancePosterior(
+                flow,
+                deepcopy(self._energy_net).to(device),
+                prior,
+                oversampling=oversampling,
+                num_zeta_samples=num_zeta_samples,
+                device=device,
+            )
         elif sample_with == "langevin":
-            if self._energy_net is None:
-                raise RuntimeError(
-                    "No energy model trained: call .train() before .build_posterior(sample_with='langevin')."
-                )
+            assert self._energy_net is not None
+            space = langevin_space or ("latent" if is_flow_tilted(self._energy_net) else "theta")
+            latent = space == "latent"
             self._posterior = LangevinPosterior(
                 flow,
                 deepcopy(self._energy_net).to(device),
                 prior,
                 num_steps=num_steps,
-                step_size=step_size,
-                method=langevin_method,
+                step_size=step_size if step_size is not None else (0.1 if latent else 1e-4),
+                method=langevin_method or ("mala" if latent else "ula"),
                 num_zeta_samples=num_zeta_samples,
                 device=device,
+                space=space,
+                target_acceptance=target_acceptance if target_acceptance is not None else (0.574 if latent else None),
             )
-        else:
-            raise ValueError(f"sample_with must be 'flow' or 'langevin', got {sample_with!r}.")
         return self._posterior
 
     # ------------------------------------------------------------------ persistence
@@ -403,7 +441,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self._neural_net = self._build_neural_net(theta, x).to(self._device)
         self._energy_net = self._build_energy(theta, x).to(self._device)
         cfg = state["trainer"]["config"]
-        config = JeffreysConfig(**{f.name: cfg[f.name] for f in fields(JeffreysConfig)})
+        config = JeffreysConfig(**{f.name: cfg[f.name] for f in fields(JeffreysConfig) if f.name in cfg})
         self._trainer = JeffreysTrainer(self._neural_net, self._energy_net, config)
         self._trainer.load_state_dict(_to_device(state["trainer"], self._device))
         if self._trainer.best is not None:

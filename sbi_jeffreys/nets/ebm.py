@@ -56,8 +56,8 @@ def refresh_spectral_norm(module: nn.Module) -> None:
             m.power_iteration()
 
 
-def _sn_linear(i: int, o: int) -> nn.Module:
-    return SpectralLinear(i, o)
+def _sn_linear(i: int, o: int, spectral: bool = True) -> nn.Module:
+    return SpectralLinear(i, o) if spectral else nn.Linear(i, o)
 
 
 class Standardize(nn.Module):
@@ -137,12 +137,14 @@ class FiLMBlock(nn.Module):
     :math:`\mathrm{SiLU}(\alpha x + x')`. The paper leaves the depth of :math:`\mathrm{MLP}(x)`
     undefined; we use ``inner_layers=2`` (like Algorithm 5's two linear layers)."""
 
-    def __init__(self, width: int, context: int, film_layers: int = 2, inner_layers: int = 2):
+    def __init__(
+        self, width: int, context: int, film_layers: int = 2, inner_layers: int = 2, spectral_norm: bool = True
+    ):
         super().__init__()
         self.gamma = _mlp(context, width, film_layers, width)
         self.beta = _mlp(context, width, film_layers, width)
         self.inner = nn.Sequential(
-            *[m for _ in range(inner_layers) for m in (_sn_linear(width, width), nn.SiLU())][:-1]
+            *[m for _ in range(inner_layers) for m in (_sn_linear(width, width, spectral_norm), nn.SiLU())][:-1]
         )
         self.alpha = nn.Parameter(torch.ones(()))
         # gamma starts near 1 so the block starts as a plain residual block
@@ -162,6 +164,8 @@ class FiLMResidualEnergy(nn.Module):
     Inputs ``(..., C, d)`` are evaluated against conditions ``(C, k)`` broadcast over the
     leading sample dimensions. Both inputs and conditions are z-scored with fixed statistics
     (as sbi does for its flows); an optional ``embedding_net`` maps the z-scored condition.
+    ``spectral_norm=False`` uses plain linear layers; ``zero_head=True`` starts at
+    :math:`f \equiv 0` (the flow-tilted proxy's correction starts with :math:`q = p`).
     """
 
     def __init__(
@@ -178,15 +182,22 @@ class FiLMResidualEnergy(nn.Module):
         input_std: Tensor | None = None,
         context_mean: Tensor | None = None,
         context_std: Tensor | None = None,
+        spectral_norm: bool = True,
+        zero_head: bool = False,
     ):
         super().__init__()
         self.standardize_input = Standardize(input_mean, input_std, features)
         self.standardize_context = Standardize(context_mean, context_std, context)
         self.embedding_net = embedding_net if embedding_net is not None else nn.Identity()
         k = embedding_features if embedding_features is not None else context
-        self.stem = nn.Sequential(_sn_linear(features, width), nn.SiLU())
-        self.blocks = nn.ModuleList([FiLMBlock(width, k, film_layers) for _ in range(blocks)])
+        self.stem = nn.Sequential(_sn_linear(features, width, spectral_norm), nn.SiLU())
+        self.blocks = nn.ModuleList(
+            [FiLMBlock(width, k, film_layers, spectral_norm=spectral_norm) for _ in range(blocks)]
+        )
         self.head = nn.Linear(width, 1)
+        if zero_head:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.temperature = float(temperature)
 
     def forward(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:
@@ -199,6 +210,46 @@ class FiLMResidualEnergy(nn.Module):
         return self.head(h).squeeze(-1) / self.temperature
 
 
+class FlowTiltedEnergy(nn.Module):
+    r"""The flow-tilted proxy :math:`f_\psi(\theta, x) = \log p_{\bar\theta}(\theta\mid x) + g_\psi(\theta, x)`
+    (docs/design.md, "the flow-tilted proxy"): the flow's log-density under stop-gradient plus
+    a learned correction. This module *is* :math:`g_\psi`; whoever holds the flow adds
+    :math:`\log p_{\bar\theta}` (the engine reuses the log-densities it computes anyway, the
+    posteriors call :func:`proxy_log_density`). With :math:`g \equiv 0` at the start, :math:`q = p`
+    and :math:`\zeta(x) = \mathbb E_{p}[e^{g}] = 1`: no warm start is needed.
+
+    References:
+        Gao et al. (2020), Flow contrastive estimation of energy-based models, CVPR.
+        Arbel et al. (2021), Generalized energy based models, ICLR.
+    """
+
+    flow_tilted = True
+
+    def __init__(self, correction: nn.Module):
+        super().__init__()
+        self.correction = correction
+        self.temperature = float(getattr(correction, "temperature", 1.0))
+
+    def forward(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:
+        """:math:`g_\\psi(\theta, x)`, shape ``(..., C)``."""
+        return self.correction(inputs, condition)
+
+
+def is_flow_tilted(energy: nn.Module) -> bool:
+    r"""Whether ``energy`` is the correction :math:`g_\psi` of a flow-tilted proxy."""
+    return bool(getattr(energy, "flow_tilted", False))
+
+
+def proxy_log_density(flow, energy: nn.Module, inputs: Tensor, condition: Tensor | None) -> Tensor:
+    r"""The proxy's log-unnormalized density :math:`f_\psi(\theta, x)/T`: the energy itself, or
+    :math:`\log p_\theta + g_\psi` for a :class:`FlowTiltedEnergy`. Shapes as the energy's."""
+    f = energy(inputs, condition)
+    return flow.log_prob(inputs, condition) + f if is_flow_tilted(energy) else f
+
+
+ENERGY_MODELS = ("film_resnet", "flow_tilted")
+
+
 def energy_nn(
     model: str = "film_resnet",
     width: int = 64,
@@ -209,21 +260,34 @@ def energy_nn(
     z_score_x: bool = True,
     embedding_net: nn.Module | None = None,
     embedding_features: int | None = None,
+    spectral_norm: bool | None = None,
 ):
     r"""Builder of the conditional proxy :math:`f_\psi(\theta \mid x)`, in the style of
-    ``sbi.neural_nets.posterior_nn``: returns ``build(theta, x) -> FiLMResidualEnergy``,
-    z-scoring with the statistics of the simulations it is given (App. D.4: 6 blocks of
-    width 64 for gaussian_mixture, 3 blocks of width 128 for two_moons, 2 FiLM layers)."""
-    if model != "film_resnet":
-        raise ValueError(f"Unknown energy model {model!r}; available: 'film_resnet'.")
+    ``sbi.neural_nets.posterior_nn``: returns ``build(theta, x) -> nn.Module``, z-scoring with
+    the statistics of the simulations it is given (App. D.4: 6 blocks of width 64 for
+    gaussian_mixture, 3 blocks of width 128 for two_moons, 2 FiLM layers).
 
-    def build(theta: Tensor, x: Tensor) -> FiLMResidualEnergy:
+    ``model="film_resnet"`` is the paper's free EBM (spectral norm on); ``"flow_tilted"`` is
+    :class:`FlowTiltedEnergy` around the same FiLM network as the correction :math:`g_\psi`,
+    started at :math:`g \equiv 0`, without spectral norm unless ``spectral_norm=True``.
+
+    >>> build = energy_nn("flow_tilted")
+    >>> g = build(torch.randn(50, 2), torch.randn(50, 3))
+    >>> g(torch.randn(4, 5, 2), torch.randn(5, 3)).abs().max().item()
+    0.0
+    """
+    if model not in ENERGY_MODELS:
+        raise ValueError(f"Unknown energy model {model!r}; available: {', '.join(map(repr, ENERGY_MODELS))}.")
+    tilted = model == "flow_tilted"
+    spectral = (not tilted) if spectral_norm is None else spectral_norm
+
+    def build(theta: Tensor, x: Tensor) -> nn.Module:
         def stats(t: Tensor, on: bool) -> tuple[Tensor | None, Tensor | None]:
             return (t.mean(0), t.std(0)) if on and t.shape[0] > 1 else (None, None)
 
         tm, ts = stats(theta, z_score_theta)
         xm, xs = stats(x, z_score_x)
-        return FiLMResidualEnergy(
+        net = FiLMResidualEnergy(
             theta.shape[1],
             x.shape[1],
             width=width,
@@ -236,6 +300,9 @@ def energy_nn(
             input_std=ts,
             context_mean=xm,
             context_std=xs,
+            spectral_norm=spectral,
+            zero_head=tilted,
         )
+        return FlowTiltedEnergy(net) if tilted else net
 
     return build

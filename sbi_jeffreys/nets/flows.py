@@ -118,3 +118,30 @@ def zuko_coupling_nsf(hidden_features: Sequence[int] = (50, 50), num_transforms:
             residual=True,
             **kwargs,
         )
+
+
+def sampling_map(estimator: nn.Module, condition: Tensor):
+    r"""The flow's sampling map :math:`T_x: u \mapsto \theta` for conditions ``(B, k)``, taking base
+    noise :math:`u \sim \mathcal N(0, I)` of shape ``(n, B, d)`` to parameters ``(n, B, d)``,
+    differentiable in ``u``. sbi's nflows (``"nsf"``, ``"maf"``) and zuko estimators are supported.
+
+    Used to run MCMC in the flow's latent space, where :math:`q = p_\theta e^{g}` pulls back
+    to :math:`\mathcal N(u)\,e^{g(T_x(u))}`: a near-Gaussian target whatever the scale of θ."""
+    from sbi.neural_nets.estimators import ZukoFlow
+
+    if isinstance(estimator, NFlowsFlow):
+        net = estimator.net
+        embedded = net._embedding_net(condition)
+
+        def nflows_map(u: Tensor) -> Tensor:
+            n, b, d = u.shape
+            theta, _ = net._transform.inverse(u.reshape(n * b, d), context=embedded.repeat(n, 1))
+            return theta.reshape(n, b, d)
+
+        return nflows_map
+    if isinstance(estimator, ZukoFlow):
+        dist = estimator.net(estimator.embedding_net(condition))
+        return lambda u: dist.transform.inv(u)
+    raise NotImplementedError(
+        f"No latent sampling map for {type(estimator).__name__}: use sbi's 'nsf'/'maf' or a zuko flow."
+    )

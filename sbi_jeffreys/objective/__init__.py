@@ -12,6 +12,7 @@ from sbi_jeffreys.objective.lagrangian import (
     zeta_constraints,
 )
 from sbi_jeffreys.objective.partition import log_partition
+from sbi_jeffreys.objective.tilted import tilted_terms
 
 __all__ = [
     "DualState",
@@ -24,5 +25,6 @@ __all__ = [
     "nll_shift",
     "log_partition",
     "score_baseline",
+    "tilted_terms",
     "zeta_constraints",
 ]

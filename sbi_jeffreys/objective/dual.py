@@ -18,9 +18,12 @@ class DualState(nn.Module):
     about one learning rate per step whatever the slack's size (docs/design.md). With B.7
     (``negative_nll``) the NLL multipliers are floored at ``min_multiplier > 0`` so that
     :math:`\delta = 1/(2\lambda)` stays finite (the paper: "we also initialize λ to be non-zero").
+    ``min_rv`` / ``max_rv`` bound :math:`\lambda_{rv}` (beyond the paper: a floor keeps the
+    reverse KL from switching off as :math:`q \to p`; ``max_rv=0`` removes it, an ablation).
     """
 
     floor: Tensor
+    ceiling: Tensor
     rates: Tensor
 
     def __init__(
@@ -32,15 +35,24 @@ class DualState(nn.Module):
         negative_nll: bool = True,
         min_multiplier: float = 1e-3,
         init_zeta: float = 0.0,
+        min_rv: float = 0.0,
+        max_rv: float | None = None,
     ):
         super().__init__()
         if lr < 0 or zeta_lr < 0 or init < 0 or init_zeta < 0:
             raise ValueError("Multiplier learning rates and initial values must be non-negative.")
         floor = torch.zeros(5)
         if negative_nll:
-            floor[[0, 2]] = min_multiplier
+            floor[MULTIPLIERS.index("fw")] = floor[MULTIPLIERS.index("prx")] = min_multiplier
+        floor[MULTIPLIERS.index("rv")] = min_rv
+        ceiling = torch.full((5,), float("inf"))
+        if max_rv is not None:
+            if max_rv < min_rv:
+                raise ValueError(f"max_rv ({max_rv}) is below min_rv ({min_rv}).")
+            ceiling[MULTIPLIERS.index("rv")] = max_rv
         self.register_buffer("floor", floor)
-        lam = torch.maximum(torch.tensor([init, init, init, init_zeta, init_zeta]), floor)
+        self.register_buffer("ceiling", ceiling)
+        lam = torch.minimum(torch.maximum(torch.tensor([init, init, init, init_zeta, init_zeta]), floor), ceiling)
         self.lam = nn.Parameter(lam, requires_grad=False)
         self.register_buffer("rates", torch.tensor([lr, lr, lr, zeta_lr, zeta_lr]))
         if optimizer not in ("sgd", "adam"):
@@ -68,3 +80,4 @@ class DualState(nn.Module):
             # per-multiplier learning rates on top of Adam's normalized step
             self.lam.copy_(before + self.rates * (self.lam - before))
         torch.maximum(self.lam, self.floor, out=self.lam)
+        torch.minimum(self.lam, self.ceiling, out=self.lam)

@@ -119,11 +119,13 @@ def mala(
     log_density: LogDensity,
     init: Tensor,
     num_steps: int = 2000,
-    step_size: float = 1e-4,
+    step_size: float | Tensor = 1e-4,
     *,
     bounds: tuple[Tensor, Tensor] | None = None,
     generator: torch.Generator | None = None,
     show_progress: bool = False,
+    target_acceptance: float | None = None,
+    adapt_steps: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""Runs the Metropolis-adjusted Langevin algorithm (MALA).
 
@@ -149,6 +151,13 @@ def mala(
         generator: The random generator of the proposals and acceptance draws,
             on the device of ``init``.
         show_progress: Whether to display a progress bar.
+        target_acceptance: If given, the step size adapts during the first
+            ``adapt_steps`` steps (default: half of them) by the Robbins-Monro rule
+            :math:`\log s \mathrel{+}= (\bar a - a^*)/\sqrt{k}`, one step size per
+            index of ``init.shape[1:-1]`` (e.g. per condition for chains
+            ``(n, B, D)``), :math:`\bar a` the mean acceptance over dim 0; then it
+            is frozen, so the remaining steps leave :math:`q` invariant. The
+            returned acceptance rates count the frozen steps only.
 
     Returns:
         The final states, detached, with the shape of ``init``, and the
@@ -158,13 +167,18 @@ def mala(
     box = _check_bounds(bounds, x)
     if box is not None:
         x = torch.clamp(x, *box)
-    noise_scale = math.sqrt(2 * step_size)
+    adapt = 0 if target_acceptance is None else (num_steps // 2 if adapt_steps is None else int(adapt_steps))
+    # per-"condition" step sizes (init.shape[1:-1]) broadcast over the chains and the coordinates
+    shape = (*x.shape[1:-1], 1) if x.ndim > 1 else (1,)
+    log_s = torch.as_tensor(step_size, dtype=x.dtype, device=x.device).log().expand(shape).clone()
 
     log_q, grad = _value_and_grad(log_density, x)
     accepted = torch.zeros(x.shape[:-1], dtype=x.dtype, device=x.device)
 
-    for _ in tqdm(range(num_steps), disable=not show_progress, desc="MALA"):
-        y = x + step_size * grad + noise_scale * _noise(x, generator)
+    for k in tqdm(range(num_steps), disable=not show_progress, desc="MALA"):
+        s = log_s.exp()
+        noise_scale = (2 * s).sqrt()
+        y = x + s * grad + noise_scale * _noise(x, generator)
         if box is None:
             inside = torch.ones_like(accepted, dtype=torch.bool)
         else:
@@ -172,8 +186,8 @@ def mala(
             y = torch.clamp(y, *box)  # so that log_density only sees the support
 
         log_q_y, grad_y = _value_and_grad(log_density, y)
-        log_g_fwd = -(y - x - step_size * grad).square().sum(dim=-1) / (4 * step_size)
-        log_g_bwd = -(x - y - step_size * grad_y).square().sum(dim=-1) / (4 * step_size)
+        log_g_fwd = -((y - x - s * grad).square() / (4 * s)).sum(dim=-1)
+        log_g_bwd = -((x - y - s * grad_y).square() / (4 * s)).sum(dim=-1)
         log_alpha = log_q_y - log_q + log_g_bwd - log_g_fwd
 
         log_u = torch.rand(accepted.shape, generator=generator, dtype=x.dtype, device=x.device).log()
@@ -182,6 +196,10 @@ def mala(
         x = torch.where(accept.unsqueeze(-1), y, x)
         grad = torch.where(accept.unsqueeze(-1), grad_y, grad)
         log_q = torch.where(accept, log_q_y, log_q)
-        accepted += accept.to(x.dtype)
+        if k < adapt:
+            rate = accept.to(x.dtype).mean(0) if x.ndim > 1 else accept.to(x.dtype)
+            log_s = log_s + (rate.reshape(shape) - float(target_acceptance)) / math.sqrt(k + 1)
+        else:
+            accepted += accept.to(x.dtype)
 
-    return x, accepted / max(num_steps, 1)
+    return x, accepted / max(num_steps - adapt, 1)
