@@ -396,12 +396,16 @@ def _run_unit(unit: Unit) -> UnitResult:
                     posterior, torch.cat([x.reshape(1, -1) for x in xs]), unit.num_samples
                 )
                 per_obs = [(samples, seconds / len(xs)) for samples in batch]
+                ess = [None] * len(xs)
             else:
-                per_obs = []
+                per_obs, ess = [], []
                 for obs, x_o in zip(unit.observations, xs):
                     algorithm.seed_everything(unit.seed * 100_003 + obs)
                     per_obs.append(algorithm.sample_posterior(posterior, x_o, unit.num_samples))
-            for obs, (samples, sample_seconds) in zip(unit.observations, per_obs):
+                    # importance-resampled posteriors report their effective sample size
+                    value = getattr(posterior, "effective_sample_size", None)
+                    ess.append(None if value is None else float(value.mean()))
+            for obs, (samples, sample_seconds), obs_ess in zip(unit.observations, per_obs, ess):
                 row = {
                     "task": unit.task,
                     "num_simulations": unit.num_simulations,
@@ -417,6 +421,8 @@ def _run_unit(unit: Unit) -> UnitResult:
                     "device": unit.device if device == unit.device else f"{unit.device}+{device}",
                     "host": socket.gethostname() or platform.node(),
                 }
+                if obs_ess is not None:
+                    row["ess"] = obs_ess
                 drawn.append((row, samples))
         except Exception:
             errors[method] = traceback.format_exc()
