@@ -12,6 +12,11 @@ Reads one or more ``results.csv`` written by ``experiments/sbi_sweep.py`` and wr
 
     python experiments/paired_report.py RUN/*/results.csv --out experiments/results/part1 \\
         --method jeffreys_npe --baselines npe_nsf npe
+
+``--tag CSV SUFFIX`` adds an ablation run whose methods kept their registry names (e.g. a sweep
+with ``--train-kwargs``): its rows of the ``--method`` methods are renamed ``METHOD + SUFFIX``
+and the rest of that file is ignored. ``--relabel CSV OLD NEW`` renames a method in one input
+file (results of an older run whose registry name now means something else).
 """
 
 from __future__ import annotations
@@ -24,8 +29,12 @@ import pandas as pd
 KEY = ["task", "num_simulations", "seed", "observation", "method"]
 
 
-def merge(paths: list[Path]) -> pd.DataFrame:
-    df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+def merge(paths: list[Path], relabel: dict[Path, dict[str, str]] | None = None) -> pd.DataFrame:
+    frames = []
+    for p in paths:
+        df = pd.read_csv(p)
+        frames.append(df.replace({"method": (relabel or {}).get(p.resolve(), {})}))
+    df = pd.concat(frames, ignore_index=True)
     return df.drop_duplicates(KEY, keep="last").sort_values(KEY).reset_index(drop=True)
 
 
@@ -40,6 +49,13 @@ def method_table(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def tagged(path: Path, suffix: str, methods: list[str], relabel: dict[str, str] | None = None) -> pd.DataFrame:
+    df = pd.read_csv(path).replace({"method": relabel or {}})
+    df = df[df.method.isin(methods)].copy()
+    df["method"] = df.method + suffix
+    return df
+
+
 def paired(df: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
     a = df[df.method == method].set_index(KEY[:-1])["c2st"]
     b = df[df.method == baseline].set_index(KEY[:-1])["c2st"]
@@ -50,6 +66,7 @@ def paired(df: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
             {
                 "task": task,
                 "num_simulations": n,
+                "method": method,
                 "baseline": baseline,
                 "cells": len(cell),
                 "wins": int((cell.m < cell.b).sum()),
@@ -61,7 +78,7 @@ def paired(df: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def to_markdown(methods: pd.DataFrame, pairs: pd.DataFrame, method: str) -> str:
+def to_markdown(methods: pd.DataFrame, pairs: pd.DataFrame) -> str:
     lines = [
         "| task | budget | method | C2ST mean ± sd | cells | seeds | train s / training | device |",
         "|---|---|---|---|---|---|---|---|",
@@ -74,14 +91,14 @@ def to_markdown(methods: pd.DataFrame, pairs: pd.DataFrame, method: str) -> str:
         )
     lines += [
         "",
-        f"Paired by (seed, observation): cells where `{method}` has the lower C2ST.",
+        "Paired by (seed, observation): cells where the method has the lower C2ST than the baseline.",
         "",
-        "| task | budget | against | wins / cells | seeds won | mean difference |",
-        "|---|---|---|---|---|---|",
+        "| task | budget | method | against | wins / cells | seeds won | mean difference |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in pairs.itertuples():
         lines.append(
-            f"| {r.task} | {r.num_simulations} | {r.baseline} | {r.wins} / {r.cells} "
+            f"| {r.task} | {r.num_simulations} | {r.method} | {r.baseline} | {r.wins} / {r.cells} "
             f"| {r.seeds_won} / {r.seeds} | {r.mean_diff:+.3f} |"
         )
     return "\n".join(lines) + "\n"
@@ -110,15 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--method", default="jeffreys_npe")
+    p.add_argument("--method", nargs="+", default=["jeffreys_npe"], help="the methods compared with each baseline")
     p.add_argument("--baselines", nargs="+", default=["npe_nsf", "npe"])
+    p.add_argument("--tag", nargs=2, action="append", default=[], metavar=("CSV", "SUFFIX"))
+    p.add_argument("--relabel", nargs=3, action="append", default=[], metavar=("CSV", "OLD", "NEW"))
     a = p.parse_args(argv)
-    df = merge(a.results)
+    relabel: dict[Path, dict[str, str]] = {}
+    for path, old, new in a.relabel:
+        relabel.setdefault(Path(path).resolve(), {})[old] = new
+    df = merge(a.results, relabel)
+    if a.tag:
+        extra = [tagged(Path(path), suffix, a.method, relabel.get(Path(path).resolve())) for path, suffix in a.tag]
+        df = pd.concat([df, *extra], ignore_index=True).drop_duplicates(KEY, keep="last").sort_values(KEY)
     a.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.out / "results.csv", index=False)  # a sweep's results file: it can seed a resumed run
     methods = method_table(df)
-    pairs = pd.concat([paired(df, a.method, b) for b in a.baselines], ignore_index=True)
-    (a.out / "table.md").write_text(to_markdown(methods, pairs, a.method))
+    pairs = pd.concat([paired(df, m, b) for m in a.method for b in a.baselines if m != b], ignore_index=True)
+    (a.out / "table.md").write_text(to_markdown(methods, pairs))
     figure(methods, a.out / "c2st_vs_budget.png")
     print((a.out / "table.md").read_text())
     return 0

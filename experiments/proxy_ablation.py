@@ -60,6 +60,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", default=["npe_nsf", "free", "tilted"], choices=list(VARIANTS))
     p.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3])
+    p.add_argument(
+        "--posteriors",
+        nargs="+",
+        default=["flow", "proxy"],
+        choices=["flow", "proxy", "mala"],
+        help="JeffreysNPE posteriors to score: the flow, the importance-resampled proxy, latent MALA on the proxy",
+    )
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="proxy_ablation.jsonl")
@@ -75,10 +82,13 @@ def main() -> None:
             extra.update(
                 {k: summary[k][-1] for k in ("lambda_fw", "lambda_rv", "lambda_prx", "val_nll_q", "val_nll_p")}
             )
-        kinds = ["flow"] if variant == "npe_nsf" else ["flow", "proxy"]
+        kinds = ["flow"] if variant == "npe_nsf" else a.posteriors
         for kind in kinds:
+            sample_with = {"mala": "langevin"}.get(kind, kind)
             posterior = (
-                inference.build_posterior() if variant == "npe_nsf" else inference.build_posterior(sample_with=kind)
+                inference.build_posterior()
+                if variant == "npe_nsf"
+                else inference.build_posterior(sample_with=sample_with)
             )
             for o in a.observations:
                 seed_everything(a.seed * 1000 + o)
@@ -86,6 +96,7 @@ def main() -> None:
                 samples = posterior.sample((a.num_samples,), x=x_o, show_progress_bars=False)
                 reference = task.get_reference_posterior_samples(num_observation=o)[: a.num_samples]
                 ess = getattr(posterior, "effective_sample_size", None)
+                rate = getattr(posterior, "acceptance_rate", None)
                 row = {
                     "task": a.task,
                     "budget": a.budget,
@@ -95,6 +106,7 @@ def main() -> None:
                     "observation": o,
                     "c2st": c2st_sbibm(reference, samples),
                     "ess": None if ess is None else float(ess.mean()),
+                    "acceptance": None if rate is None else float(rate.mean()),
                     **extra,
                 }
                 print(json.dumps(row), flush=True)

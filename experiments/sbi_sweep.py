@@ -39,7 +39,7 @@ DEFAULTS = dict(
     budgets=[1_000, 10_000, 100_000],
     seeds=[0, 1, 2],
     observations=list(range(1, 11)),
-    methods=["npe", "jeffreys_npe", "jeffreys_npe_langevin"],
+    methods=["npe_nsf", "jeffreys_npe", "jeffreys_npe_flow"],
     num_samples=10_000,
     max_epochs=None,
 )

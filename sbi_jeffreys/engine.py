@@ -6,18 +6,14 @@ Each step: draw M proposal samples per condition under stop-gradient and estimat
 :math:`\log\zeta` (Alg. 2); draw reverse-KL samples (reparameterized or stop-gradient);
 backpropagate the primal surrogate (eqs. 15, 18); take Adam steps for θ and ψ; ascend λ (eq. 19).
 
-Design choices the paper leaves open (docs/design.md): by default (``num_rv_samples=None``) one
-draw of M samples per condition serves both the ζ estimate and the reverse KL: sampling the
-flow (an inverse pass) dominates the cost of a step, the two estimates enter the surrogate as a
-sum (never a product), and the ζ path sees the samples detached so that θ gets no gradient
-from log ζ. ``num_rv_samples=K`` draws K independent reverse-KL samples per condition instead (JeffreysNPE
-uses K = 1; the score-function estimator then takes its per-condition baseline from the
-separate ζ draw). ζ is the self-normalized 1/M estimate. Each step refreshes the EBM's spectral
-norm once, then evaluates the EBM on proposals, reverse-KL samples and data in one call. All
-per-step statistics stay on the device; the host syncs once per log point.
+The step's Monte Carlo terms and their design choices (one shared draw or separate
+reverse-KL samples, the flow-tilted proxy, the pooled energy call) live in
+:mod:`sbi_jeffreys.loss`; the equations in :mod:`sbi_jeffreys.objective`. Each step refreshes
+the EBM's spectral norm once. All per-step statistics stay on the device; the host syncs once
+per log point.
 
-Module size: the step, the loop, the divergence guard and the state/RNG plumbing are kept
-together here for now; splitting them into small modules is still to do.
+Module size: the GDA step, the loop, the divergence guard and the state/RNG plumbing are kept
+together here (about 450 lines); splitting the guard and the state plumbing out is still to do.
 """
 
 from __future__ import annotations
@@ -33,16 +29,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_jeffreys.graphs import StepGraph
-from sbi_jeffreys.nets.ebm import is_flow_tilted, refresh_spectral_norm
-from sbi_jeffreys.objective import (
-    MULTIPLIERS,
-    DualState,
-    Terms,
-    constraint_slacks,
-    log_partition,
-    primal_surrogate,
-    tilted_terms,
-)
+from sbi_jeffreys.loss import step_terms
+from sbi_jeffreys.nets.ebm import refresh_spectral_norm
+from sbi_jeffreys.objective import MULTIPLIERS, DualState, Terms, constraint_slacks, primal_surrogate
 from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
@@ -167,57 +156,20 @@ class JeffreysTrainer:
 
     # ------------------------------------------------------------------ one step
     def terms(self, inputs: Tensor, context: Tensor | None = None, reparameterized: bool | None = None) -> Terms:
-        """Evaluate every quantity of eq. 11 for one batch (Algorithm 3, lines 3-7);
+        """Every quantity of eq. 11 for one batch (:func:`sbi_jeffreys.loss.step_terms`);
         ``reparameterized`` overrides the configured estimator (evaluation needs no rsample).
-        Where both need the flow's density, data and samples share one call (:func:`_joint`)."""
-        cfg, flow, energy = self.config, self.flow, self.energy
+        Unconditionally with ``zeta_every = k > 1`` (D.3), the proposals are redrawn every k steps."""
+        cfg = self.config
         reparam = cfg.gradient_estimator == "reparameterized" if reparameterized is None else reparameterized
-        cached = context is None and cfg.zeta_every > 1
-        tilted = is_flow_tilted(energy)  # f = log p_bar + g: the energy returns g (objective.tilted)
-        x = inputs.unsqueeze(0)
-        if cfg.num_rv_samples is None and not cached:
-            # one draw of M samples per condition serves both log zeta (eq. 12) and the reverse KL
-            if reparam:
-                y, logp_y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-                logp_x = flow.log_prob(x, context)
-                # the zeta path sees the samples detached: theta gets no gradient from log zeta
-                f_y, f_z, f_x = _joint(energy, [y, y.detach(), x], context)
-                if tilted:
-                    return tilted_terms(logp_x[0], f_x[0], logp_y, f_y, f_z, True)
-                log_zeta = log_partition(f_z, logp_y.detach())
-            else:
-                with torch.no_grad():
-                    y = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)[0]
-                logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
-                f_y, f_x = _joint(energy, [y, x], context)
-                if tilted:
-                    return tilted_terms(logp_x[0], f_x[0], logp_y, f_y, f_y, False)
-                log_zeta = log_partition(f_y, logp_y.detach())
-            return Terms(logp_x[0], f_x[0], logp_y, f_y, log_zeta, reparam)
-        if cached:
-            # D.3: refresh the proposal samples only every k steps, re-evaluate f on them each step
+        draw = None
+        if context is None and cfg.zeta_every > 1:
             if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
                 with torch.no_grad():
-                    self._zeta_cache = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-            y_z, logp_z = self._zeta_cache
-        else:
-            with torch.no_grad():
-                y_z, logp_z = flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
-        k = cfg.num_rv_samples or (inputs.shape[0] if context is None else 1)
-        if reparam:
-            y, logp_y = flow.sample_and_log_prob((k,), context)
-            logp_x = flow.log_prob(x, context)
-        else:
-            with torch.no_grad():
-                y = flow.sample_and_log_prob((k,), context)[0]
-            logp_y, logp_x = _joint(flow.log_prob, [y, x], context)
-        f_z, f_y, f_x = _joint(energy, [y_z, y, x], context)
-        if tilted:
-            return tilted_terms(logp_x[0], f_x[0], logp_y, f_y, f_z, reparam, separate_zeta_draw=True)
-        log_zeta = log_partition(f_z, logp_z)
-        # per-condition score-function baseline from the separate zeta draw (independent of y)
-        baseline = None if reparam else (logp_z - f_z).detach().mean(0)
-        return Terms(logp_x[0], f_x[0], logp_y, f_y, log_zeta, reparam, baseline)
+                    self._zeta_cache = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+            draw = self._zeta_cache
+        return step_terms(
+            self.flow, self.energy, inputs, context, cfg.num_zeta_samples, cfg.num_rv_samples, reparam, draw
+        )
 
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
         """One GDA step; returns detached 0-d device tensors (no host sync)."""
@@ -489,21 +441,6 @@ class JeffreysTrainer:
     def load(self, path: str) -> None:
         """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
         self.load_state_dict(torch.load(path, weights_only=True, map_location=self.dual.lam.device))
-
-
-def _joint(fn: Callable[[Tensor, Tensor | None], Tensor], parts: list[Tensor], context: Tensor | None) -> list[Tensor]:
-    """``[fn(p, context) for p in parts]`` in one call of ``fn``: the same values (the network
-    acts on each point alone) for a fraction of the kernel launches, which is what a step of
-    these small models costs on a GPU. Parts are ``(S_i, C, d)``; without a condition every
-    point is pooled along one axis.
-
-    Only for networks that are stateless within a step: the flows, and the EBMs since their
-    spectral norm moves once per step (:func:`~sbi_jeffreys.nets.ebm.refresh_spectral_norm`)."""
-    if context is None:
-        flat = torch.cat([p.reshape(1, -1, p.shape[-1]) for p in parts], 1)
-        out = fn(flat, None)[0].split([p.shape[:-1].numel() for p in parts])
-        return [o.reshape(p.shape[:-1]) for o, p in zip(out, parts)]
-    return list(fn(torch.cat(parts, 0), context).split([p.shape[0] for p in parts], 0))
 
 
 def _clone(tree):

@@ -75,9 +75,9 @@ class MethodSpec:
         """Identity of the *trained model* behind this method.
 
         Two methods with the same class and constructor arguments differ only in how the
-        posterior is built from one trained network (``"jeffreys_npe"`` samples the flow,
-        ``"jeffreys_npe_langevin"`` runs Langevin on the energy model), so a sweep trains
-        them once and builds both posteriors from that training.
+        posterior is built from one trained network (``"jeffreys_npe"`` resamples the proxy,
+        ``"jeffreys_npe_flow"`` samples the flow, ``"jeffreys_npe_mala"`` runs latent MALA on
+        the proxy), so a sweep trains them once and builds every posterior from that training.
         """
         return (
             getattr(self.load, "__qualname__", repr(self.load)),
@@ -115,41 +115,41 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
         "jeffreys_npe": MethodSpec(
             name="jeffreys_npe",
             load=_JEFFREYS,
+            posterior_kwargs=_frozen({"sample_with": "proxy"}),
+            description="JeffreysNPE as it ships: flow-tilted proxy, posterior p_theta e^g by importance resampling",
+        ),
+        "jeffreys_npe_flow": MethodSpec(
+            name="jeffreys_npe_flow",
+            load=_JEFFREYS,
             posterior_kwargs=_frozen({"sample_with": "flow"}),
-            description="JeffreysNPE, posterior sampled from the flow p_theta",
+            description="JeffreysNPE (flow-tilted proxy), posterior sampled from the flow p_theta",
+        ),
+        "jeffreys_npe_mala": MethodSpec(
+            name="jeffreys_npe_mala",
+            load=_JEFFREYS,
+            posterior_kwargs=_frozen({"sample_with": "langevin"}),
+            description="JeffreysNPE (flow-tilted proxy), q sampled by MALA in the flow's latent space",
+        ),
+        "jeffreys_npe_free": MethodSpec(
+            name="jeffreys_npe_free",
+            load=_JEFFREYS,
+            init_kwargs=_frozen({"energy_estimator": "film_resnet"}),
+            posterior_kwargs=_frozen({"sample_with": "flow"}),
+            description="JeffreysNPE with the paper's free FiLM EBM, posterior sampled from the flow p_theta",
+        ),
+        "jeffreys_npe_langevin": MethodSpec(
+            name="jeffreys_npe_langevin",
+            load=_JEFFREYS,
+            init_kwargs=_frozen({"energy_estimator": "film_resnet"}),
+            posterior_kwargs=_frozen({"sample_with": "langevin"}),
+            description="JeffreysNPE with the paper's free EBM, q_psi sampled by Langevin dynamics on theta (D.4)",
         ),
         "jeffreys_npe_zuko_coupling_nsf": MethodSpec(
             name="jeffreys_npe_zuko_coupling_nsf",
             load=_JEFFREYS,
             init_kwargs=_frozen({"density_estimator": _lazy_builder("zuko_coupling_nsf")}),
-            posterior_kwargs=_frozen({"sample_with": "flow"}),
+            posterior_kwargs=_frozen({"sample_with": "proxy"}),
             description="JeffreysNPE with the zuko coupling NSF (its step can be replayed as a CUDA graph)",
-        ),
-        "jeffreys_npe_proxy": MethodSpec(
-            name="jeffreys_npe_proxy",
-            load=_JEFFREYS,
-            posterior_kwargs=_frozen({"sample_with": "proxy"}),
-            description="JeffreysNPE, posterior of the free EBM q_psi by importance resampling of flow samples",
-        ),
-        "jeffreys_npe_tilted": MethodSpec(
-            name="jeffreys_npe_tilted",
-            load=_JEFFREYS,
-            init_kwargs=_frozen({"energy_estimator": "flow_tilted"}),
-            posterior_kwargs=_frozen({"sample_with": "flow"}),
-            description="JeffreysNPE with the flow-tilted proxy, posterior sampled from the flow p_theta",
-        ),
-        "jeffreys_npe_tilted_proxy": MethodSpec(
-            name="jeffreys_npe_tilted_proxy",
-            load=_JEFFREYS,
-            init_kwargs=_frozen({"energy_estimator": "flow_tilted"}),
-            posterior_kwargs=_frozen({"sample_with": "proxy"}),
-            description="JeffreysNPE with the flow-tilted proxy, posterior p_theta e^g by importance resampling",
-        ),
-        "jeffreys_npe_langevin": MethodSpec(
-            name="jeffreys_npe_langevin",
-            load=_JEFFREYS,
-            posterior_kwargs=_frozen({"sample_with": "langevin"}),
-            description="JeffreysNPE, posterior sampled from the EBM q_psi by Langevin dynamics",
         ),
     }
 )

@@ -63,9 +63,13 @@ def test_registry_resolves_npe_and_jeffreys_lazily():
     from sbi.inference import NPE
 
     assert get_method("npe").load() is NPE
-    assert get_method("jeffreys_npe").posterior_kwargs["sample_with"] == "flow"
+    assert get_method("jeffreys_npe").posterior_kwargs["sample_with"] == "proxy"
+    assert get_method("jeffreys_npe_flow").posterior_kwargs["sample_with"] == "flow"
     assert get_method("jeffreys_npe_langevin").posterior_kwargs["sample_with"] == "langevin"
-    assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_langevin").training_key
+    assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_flow").training_key
+    # the paper's free EBM is a different training
+    assert get_method("jeffreys_npe_free").training_key == get_method("jeffreys_npe_langevin").training_key
+    assert get_method("jeffreys_npe").training_key != get_method("jeffreys_npe_free").training_key
     assert get_method("npe").training_key != get_method("npe_nsf").training_key
     # Importing the registry imports neither sbi nor the JeffreysNPE adapter beyond what
     # the package itself imports.
@@ -350,7 +354,7 @@ def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(
         [200],
         [0],
         [1, 2],
-        ["jeffreys_npe", "jeffreys_npe_langevin"],
+        ["jeffreys_npe", "jeffreys_npe_mala"],
         tmp_path,
         num_samples=100,
         c2st="paper",
@@ -364,12 +368,12 @@ def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(
     assert sorted((r["method"], r["observation"]) for r in rows) == [
         ("jeffreys_npe", "1"),
         ("jeffreys_npe", "2"),
-        ("jeffreys_npe_langevin", "1"),
-        ("jeffreys_npe_langevin", "2"),
+        ("jeffreys_npe_mala", "1"),
+        ("jeffreys_npe_mala", "2"),
     ]
     assert len({r["train_seconds"] for r in rows}) <= 2  # one training (plus each build)
     assert all(0.0 <= float(r["c2st"]) <= 1.0 and r["device"] == "cpu" for r in rows)
-    langevin = [float(r["sample_seconds"]) for r in rows if r["method"] == "jeffreys_npe_langevin"]
+    langevin = [float(r["sample_seconds"]) for r in rows if r["method"] == "jeffreys_npe_mala"]
     assert langevin[0] == langevin[1] > 0  # one batch for both observations, time shared out
 
 

@@ -70,7 +70,7 @@ def test_terms_route_gradients_as_algorithm_3(estimator, num_rv_samples):
 
 
 def test_joint_evaluation_equals_separate_calls():
-    from sbi_jeffreys.engine import _joint
+    from sbi_jeffreys.loss import joint as _joint
     from sbi_jeffreys.nets import FiLMResidualEnergy
 
     flow, energy = make_models(0)

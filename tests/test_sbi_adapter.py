@@ -97,10 +97,10 @@ def make_inference(prior, **kwargs) -> JeffreysNPE:
     return JeffreysNPE(prior, **kwargs)
 
 
-def train_tiny(seed: int = 0, n: int = 300, tracker=None, **train_kwargs) -> JeffreysNPE:
+def train_tiny(seed: int = 0, n: int = 300, tracker=None, energy: str = "film_resnet", **train_kwargs) -> JeffreysNPE:
     prior, theta, x = toy_data(n, seed)
     torch.manual_seed(seed)
-    inference = make_inference(prior, tracker=tracker or NoTracker())
+    inference = make_inference(prior, tracker=tracker or NoTracker(), energy_estimator=energy)
     inference.append_simulations(theta, x).train(**{**TINY, **train_kwargs})
     return inference
 
@@ -112,6 +112,7 @@ def inside_box(samples: Tensor, prior: BoxUniform) -> Tensor:
 
 @pytest.fixture(scope="module")
 def trained() -> JeffreysNPE:
+    """The paper's free EBM (``trained_tilted``: the default flow-tilted proxy)."""
     return train_tiny(seed=0)
 
 
@@ -140,7 +141,7 @@ def test_registry_same_call_sequence_for_npe_and_jeffreys():
     x_o, x_batch = x[:1], x[:3]
     trained_by_key: dict = {}
     results = {}
-    for name in ("npe", "jeffreys_npe", "jeffreys_npe_langevin"):
+    for name in ("npe", "jeffreys_npe", "jeffreys_npe_flow", "jeffreys_npe_mala"):
         spec = get_method(name)
         cls = spec.load()
         assert issubclass(cls, NeuralInference)
@@ -159,7 +160,8 @@ def test_registry_same_call_sequence_for_npe_and_jeffreys():
         batched = posterior.sample_batched((10,), x=x_batch, show_progress_bars=False)
         log_prob = posterior.log_prob(samples, x=x_o)
         results[name] = (samples, batched, log_prob)
-    assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_langevin").training_key
+    assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_flow").training_key
+    assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_mala").training_key
     assert isinstance(trained_by_key[get_method("jeffreys_npe").training_key], JeffreysNPE)
     reference = results["npe"]
     for name, tensors in results.items():
@@ -850,3 +852,26 @@ def test_cuda_graph_is_ignored_on_cpu():
     plain, asked = train_tiny(seed=4), train_tiny(seed=4, cuda_graph=True)
     assert asked._trainer._graph is None and asked._trainer.config.cuda_graph
     assert asked.summary["validation_loss"] == plain.summary["validation_loss"]
+
+
+def test_proxy_posterior_works_with_sbis_sbc_tarp_and_pairplot(trained_tilted):
+    """The default posterior (importance-resampled proxy) through sbi's diagnostics and plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from sbi.analysis import pairplot
+    from sbi.diagnostics import run_sbc, run_tarp
+
+    prior = trained_tilted._prior
+    torch.manual_seed(0)
+    thetas = prior.sample((20,))
+    xs = toy_simulator(thetas)
+    posterior = trained_tilted.build_posterior()
+    assert isinstance(posterior, ImportancePosterior)
+    ranks, dap = run_sbc(thetas, xs, posterior, num_posterior_samples=50, show_progress_bar=False)
+    assert ranks.shape == (20, D) and ((ranks >= 0) & (ranks <= 50)).all()
+    ecp, alpha = run_tarp(thetas, xs, posterior, num_posterior_samples=50, show_progress_bar=False)
+    assert ecp.shape == alpha.shape and torch.isfinite(ecp).all()
+    samples = posterior.sample((200,), x=xs[:1], show_progress_bars=False)
+    fig, _ = pairplot(samples)
+    assert fig is not None

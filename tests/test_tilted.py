@@ -295,16 +295,21 @@ def test_latent_mala_samples_the_tilted_proxy():
     prior = BoxUniform(-30 * torch.ones(2), 30 * torch.ones(2))
     x = torch.randn(2, 3)
     torch.manual_seed(2)
-    exact = ImportancePosterior(flow, energy, prior, oversampling=64).sample_batched(
-        (20_000,), x, show_progress_bars=False
+    exact = ImportancePosterior(flow, energy, prior, oversampling=16).sample_batched(
+        (8_000,), x, show_progress_bars=False
     )
     mcmc = LangevinPosterior(
-        flow, energy, prior, num_steps=200, step_size=0.05, method="mala", space="latent", target_acceptance=0.6
+        flow, energy, prior, num_steps=100, step_size=0.3, method="mala", space="latent", target_acceptance=0.6
     )
-    samples = mcmc.sample_batched((4_000,), x, show_progress_bars=False)
-    assert samples.shape == (4_000, 2, 2)
-    assert torch.allclose(samples.mean(0), exact.mean(0), atol=0.06)
-    assert torch.allclose(samples.std(0), exact.std(0), rtol=0.06)
+    n = 1_500
+    samples = mcmc.sample_batched((n,), x, show_progress_bars=False)
+    assert samples.shape == (n, 2, 2)
+    # the chains started at flow samples, whose mean is far from the tilted one: they must have moved
+    start = flow.sample((4_000,), x)
+    se = exact.std(0) / n**0.5
+    assert ((start.mean(0) - exact.mean(0)).abs() > 10 * se).any()
+    assert ((samples.mean(0) - exact.mean(0)).abs() < 4 * se + 0.01).all()
+    assert torch.allclose(samples.std(0), exact.std(0), rtol=0.1)
     rate = mcmc.acceptance_rate
     assert rate is not None and 0.45 < float(rate.mean()) < 0.75  # adapted towards the target
 

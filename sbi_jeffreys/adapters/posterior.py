@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from sbi_jeffreys.nets.ebm import is_flow_tilted, proxy_log_density
+from sbi_jeffreys.objective.partition import log_partition
 from sbi_jeffreys.sampling import langevin, mala
 
 
@@ -173,7 +174,8 @@ class ProxyPosterior(NeuralPosterior):
     def log_zeta(self, x: Tensor) -> Tensor:
         r"""Per-condition :math:`\log\hat\zeta(x)` over the prior's support (eq. 12), ``(B,)``."""
         y, logp = self.flow.sample_and_log_prob((self.num_zeta_samples,), x)
-        return torch.logsumexp(self._log_weights(y, logp, x), dim=0) - math.log(self.num_zeta_samples)
+        w = self._log_weights(y, logp, x)  # f - log p, -inf outside the support
+        return log_partition(w, torch.zeros_like(w))
 
     def log_prob(self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False) -> Tensor:
         r"""Quasi-normalized :math:`f_\psi(\theta,x)/T - \log\hat\zeta(x)`; :math:`-\infty` outside the support."""

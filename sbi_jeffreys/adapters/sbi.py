@@ -2,12 +2,14 @@ r"""``JeffreysNPE``: neural posterior estimation by adaptive symmetrization of t
 
 A conditional flow :math:`p_\theta(\theta\mid x)` (by default sbi's coupling NSF, the flow of
 ``NPE(density_estimator="nsf")``, with sbi's z-scoring and embedding nets) and a FiLM-conditioned
-EBM :math:`f_\psi(\theta, x)` are trained by the engine's gradient descent-ascent, with
+proxy :math:`f_\psi(\theta, x)` (by default flow-tilted, :math:`\log p_{\bar\theta} + g_\psi`;
+or the paper's free EBM) are trained by the engine's gradient descent-ascent, with
 per-condition partition functions :math:`\zeta(x_i)` estimated from :math:`p_\theta(\cdot\mid x_i)`
 for every condition of the batch in one vectorized call, each kept near 1 by a per-condition
 constraint (or B.6's box on their batch average). Everything else is sbi's:
 ``append_simulations`` and its invalid-x handling, the train/validation split, the tracker, and
-``DirectPosterior`` for ``sample_with="flow"``.
+``DirectPosterior`` for ``sample_with="flow"``. The default posterior resamples the proxy
+:math:`q = p_\theta e^{g}/\zeta` from flow samples (:class:`ImportancePosterior`).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
 
         inference = JeffreysNPE(prior)
         inference.append_simulations(theta, x).train()
-        posterior = inference.build_posterior()          # or sample_with="langevin"
+        posterior = inference.build_posterior()          # q = p e^g by importance resampling
         samples = posterior.sample((10_000,), x=x_o)
 
     Args:
@@ -86,8 +88,8 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             ``(theta, x) -> ConditionalDensityEstimator`` (e.g. ``sbi.neural_nets.posterior_nn``).
             nflows-based estimators get a correct reparameterized ``sample_and_log_prob``
             (:func:`sbi_jeffreys.nets.flows.reparameterized`); zuko-based ones have one.
-        energy_estimator: ``"film_resnet"`` (the paper's free EBM), ``"flow_tilted"`` (the proxy
-            :math:`\log p_{\bar\theta} + g_\psi`, :mod:`sbi_jeffreys.objective.tilted`) or a builder
+        energy_estimator: ``"flow_tilted"`` (the default: the proxy :math:`\log p_{\bar\theta} + g_\psi`,
+            :mod:`sbi_jeffreys.objective.tilted`), ``"film_resnet"`` (the paper's free EBM) or a builder
             ``(theta, x) -> nn.Module`` mapping ``(S, B, d)`` parameters and ``(B, k)`` conditions
             to ``(S, B)`` log-unnormalized densities (see :func:`sbi_jeffreys.nets.energy_nn`).
         device, logging_level, summary_writer, tracker, show_progress_bars: as in sbi.
@@ -97,7 +99,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self,
         prior: Distribution | None = None,
         density_estimator: str | Callable = "nsf",
-        energy_estimator: str | Callable = "film_resnet",
+        energy_estimator: str | Callable = "flow_tilted",
         device: str = "cpu",
         logging_level: int | str = "WARNING",
         summary_writer=None,
@@ -118,6 +120,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         build_flow: Callable = self._build_neural_net  # type: ignore[has-type]
         self._build_neural_net = lambda theta, x: reparameterized(build_flow(theta, x))
         self._build_energy = energy_nn(energy_estimator) if isinstance(energy_estimator, str) else energy_estimator
+        self._energy_estimator_name = energy_estimator if isinstance(energy_estimator, str) else None
         self._energy_net: nn.Module | None = None
         self._trainer: JeffreysTrainer | None = None
 
@@ -343,7 +346,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self,
         density_estimator: nn.Module | None = None,
         prior: Distribution | None = None,
-        sample_with: Literal["flow", "proxy", "langevin"] = "flow",
+        sample_with: Literal["flow", "proxy", "langevin"] | None = None,
         langevin_method: Literal["ula", "mala"] | None = None,
         num_steps: int = 2000,
         step_size: float | None = None,
@@ -354,7 +357,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         device: str | torch.device | None = None,
         **kwargs,
     ):
-        r"""``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
+        r"""``sample_with=None`` means ``"proxy"`` for the flow-tilted proxy (the default, and the
+        better posterior in every cell measured, docs/results.md) and ``"flow"`` for the paper's
+        free EBM (whose proxy is far worse than its flow).
+
+        ``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
         prior's support, leakage-corrected ``log_prob``). ``"proxy"``: :class:`ImportancePosterior`
         on :math:`q_\psi`, importance resampling of ``oversampling`` × n flow samples (its
         ``effective_sample_size`` says how far :math:`q` is from :math:`p`). ``"langevin"``:
@@ -374,6 +381,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         prior = prior if prior is not None else self._prior
         device = str(torch.device(device)) if device is not None else self._device
         flow = deepcopy(density_estimator if density_estimator is not None else self._neural_net).to(device)
+        if sample_with is None:
+            tilted = self._energy_net is not None and is_flow_tilted(self._energy_net)
+            sample_with = "proxy" if tilted else "flow"
         if sample_with not in ("flow", "proxy", "langevin"):
             raise ValueError(f"sample_with must be 'flow', 'proxy' or 'langevin', got {sample_with!r}.")
         if sample_with != "flow" and self._energy_net is None:
@@ -382,7 +392,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             )
         if sample_with == "flow":
             self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
-        elif sample_with == "proxy":
+            return self._posterior
+        assert self._energy_net is not None
+        if sample_with == "proxy":
             self._posterior = ImportancePosterior(
                 flow,
                 deepcopy(self._energy_net).to(device),
@@ -391,8 +403,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 num_zeta_samples=num_zeta_samples,
                 device=device,
             )
-        elif sample_with == "langevin":
-            assert self._energy_net is not None
+        else:
             space = langevin_space or ("latent" if is_flow_tilted(self._energy_net) else "theta")
             latent = space == "latent"
             self._posterior = LangevinPosterior(
@@ -425,15 +436,19 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             "trainer": self._trainer.state_dict(),
             "summary": {k: list(v) for k, v in self._summary.items()},
             "num_excluded": getattr(self, "_num_excluded", 0),
+            "energy_estimator": self._energy_estimator_name or "",
         }
         torch.save(state, f"{path}.tmp")
         os.replace(f"{path}.tmp", path)
 
     @classmethod
     def load(cls, path: str, prior: Distribution, **init_kwargs) -> "JeffreysNPE":
-        """Rebuild a saved ``JeffreysNPE`` (same builders as when saved; defaults unless passed)
+        """Rebuild a saved ``JeffreysNPE`` (same builders as when saved: a named energy estimator
+        is remembered, custom builders must be passed again; defaults unless passed)
         from a file written by :meth:`save`, with ``torch.load(weights_only=True)``."""
         state = torch.load(path, weights_only=True, map_location="cpu")
+        if state.get("energy_estimator") and "energy_estimator" not in init_kwargs:
+            init_kwargs["energy_estimator"] = state["energy_estimator"]  # the saved proxy family
         self = cls(prior, **init_kwargs)
         self.append_simulations(state["theta"], state["x"])
         self.train_indices, self.val_indices = state["train_indices"], state["val_indices"]

@@ -396,7 +396,7 @@ def _run_unit(unit: Unit) -> UnitResult:
                     posterior, torch.cat([x.reshape(1, -1) for x in xs]), unit.num_samples
                 )
                 per_obs = [(samples, seconds / len(xs)) for samples in batch]
-                ess = [None] * len(xs)
+                ess: list[float | None] = [None] * len(xs)
             else:
                 per_obs, ess = [], []
                 for obs, x_o in zip(unit.observations, xs):

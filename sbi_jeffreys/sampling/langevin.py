@@ -167,6 +167,7 @@ def mala(
     box = _check_bounds(bounds, x)
     if box is not None:
         x = torch.clamp(x, *box)
+    target = 0.0 if target_acceptance is None else float(target_acceptance)
     adapt = 0 if target_acceptance is None else (num_steps // 2 if adapt_steps is None else int(adapt_steps))
     # per-"condition" step sizes (init.shape[1:-1]) broadcast over the chains and the coordinates
     shape = (*x.shape[1:-1], 1) if x.ndim > 1 else (1,)
@@ -198,7 +199,7 @@ def mala(
         log_q = torch.where(accept, log_q_y, log_q)
         if k < adapt:
             rate = accept.to(x.dtype).mean(0) if x.ndim > 1 else accept.to(x.dtype)
-            log_s = log_s + (rate.reshape(shape) - float(target_acceptance)) / math.sqrt(k + 1)
+            log_s = log_s + (rate.reshape(shape) - target) / math.sqrt(k + 1)
         else:
             accepted += accept.to(x.dtype)
 
