@@ -74,8 +74,10 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
         "C2ST  JeffreysNPE:",
         "KS p-values",
         "TARP ATC",
-        "C2ST  JeffreysNPE (Langevin)",
+        "effective sample size of the resampling",
+        "C2ST  latent MALA",
         "MALA acceptance rate",
+        "C2ST  theta-space ULA (paper)",
         "final multipliers",
     ):
         assert expected in text, expected
