@@ -9,6 +9,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = [
     "JeffreysNPE",
+    "JeffreysOptions",
+    "ImportancePosterior",
     "LangevinPosterior",
     "JeffreysDensityEstimator",
     "PAPER_D4",
@@ -22,10 +24,14 @@ def __getattr__(name: str):
         from sbi_jeffreys.adapters import sbi as _sbi
 
         return getattr(_sbi, name)
-    if name == "LangevinPosterior":
-        from sbi_jeffreys.adapters.posterior import LangevinPosterior
+    if name == "JeffreysOptions":
+        from sbi_jeffreys.adapters.options import JeffreysOptions
 
-        return LangevinPosterior
+        return JeffreysOptions
+    if name in ("LangevinPosterior", "ImportancePosterior"):
+        from sbi_jeffreys.adapters import posterior as _posterior
+
+        return getattr(_posterior, name)
     if name == "JeffreysDensityEstimator":
         from sbi_jeffreys.adapters.density import JeffreysDensityEstimator
 

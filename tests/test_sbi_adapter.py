@@ -14,6 +14,7 @@ import os
 import pickle
 import time
 from copy import deepcopy
+from dataclasses import fields as dataclasses_fields
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from sbi.utils import BoxUniform
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
+from sbi_jeffreys.adapters.options import JeffreysOptions
 from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
 from sbi_jeffreys.adapters.sbi import JeffreysNPE
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
@@ -875,3 +877,35 @@ def test_proxy_posterior_works_with_sbis_sbc_tarp_and_pairplot(trained_tilted):
     samples = posterior.sample((200,), x=xs[:1], show_progress_bars=False)
     fig, _ = pairplot(samples)
     assert fig is not None
+
+
+def test_options_dataclass_is_the_one_source_of_defaults_and_presets():
+    import inspect
+
+    from sbi_jeffreys import PAPER_D4, JeffreysOptions
+
+    defaults = JeffreysOptions()
+    params = inspect.signature(JeffreysNPE.train).parameters
+    for field in dataclasses_fields(JeffreysOptions):
+        assert params[field.name].default == getattr(defaults, field.name), field.name
+    assert PAPER_D4["options"] == JeffreysOptions.paper_d4()
+    with pytest.raises(ValueError, match="zeta_constraint must be one of"):
+        JeffreysOptions(zeta_constraint="mean")
+    assert JeffreysOptions(flow_betas=[0, 0.9]).flow_betas == (0.0, 0.9)  # JSON lists become tuples
+
+
+def test_train_with_options_equals_train_with_keywords():
+    prior, theta, x = toy_data(200, 3)
+    runs = []
+    for kwargs in (
+        dict(num_zeta_samples=8, min_rv_multiplier=0.2),
+        dict(options=JeffreysOptions(num_zeta_samples=8, min_rv_multiplier=0.2)),
+    ):
+        torch.manual_seed(0)
+        inference = make_inference(prior).append_simulations(theta, x)
+        inference.train(training_batch_size=50, max_num_epochs=2, **kwargs)
+        runs.append((inference.summary["validation_loss"], inference._trainer.config))
+    assert runs[0] == runs[1]
+    assert runs[0][1].num_zeta_samples == 8 and runs[0][1].min_rv_multiplier == 0.2
+    with pytest.raises(ValueError, match="either as keywords or as options="):
+        make_inference(prior).append_simulations(theta, x).train(num_zeta_samples=4, options=JeffreysOptions())

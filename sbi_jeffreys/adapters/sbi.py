@@ -27,48 +27,16 @@ from sbi.utils import within_support
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from sbi_jeffreys.adapters.options import JeffreysOptions
 from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, warm_start_energy
 from sbi_jeffreys.nets.ebm import energy_nn, is_flow_tilted
 from sbi_jeffreys.nets.flows import reparameterized
 
 #: The paper's App. D.4 settings, a documented preset (``JeffreysNPE(...).train(**PAPER_D4)``).
-PAPER_D4: dict[str, Any] = dict(
-    training_batch_size=1000,
-    learning_rate=1e-4,
-    energy_learning_rate=1e-5,
-    multiplier_learning_rate=1e-6,
-    zeta_multiplier_learning_rate=1e-2,
-    multiplier_optimizer="sgd",
-    eps_zeta=30.0,
-    zeta_constraint="box",
-    negative_nll=True,
-    multiplier_init=0.01,
-    gradient_estimator="score",
-    flow_betas=(0.0, 0.9),
-    energy_betas=(0.0, 0.9),
-)
+PAPER_D4: dict[str, Any] = dict(training_batch_size=1000, learning_rate=1e-4, options=JeffreysOptions.paper_d4())
 
-#: Our defaults for the dual's own options (chosen by the measurements in experiments/).
-DEFAULTS: dict[str, Any] = dict(
-    energy_learning_rate=5e-4,
-    multiplier_learning_rate=1e-3,
-    zeta_multiplier_learning_rate=1e-2,
-    multiplier_optimizer="sgd",
-    multiplier_init=0.01,
-    min_rv_multiplier=0.0,
-    max_rv_multiplier=None,
-    early_stopping="flow",
-    eps_zeta=1.0,
-    zeta_constraint="per_condition",
-    negative_nll=True,
-    num_zeta_samples=16,
-    num_rv_samples=1,
-    gradient_estimator="reparameterized",
-    temperature_weighted_kl=False,
-    warm_start_steps=100,
-    flow_betas=(0.9, 0.999),
-)
+_D = JeffreysOptions()  # the one source of the dual's defaults
 
 
 class JeffreysNPE(PosteriorEstimatorTrainer):
@@ -190,25 +158,26 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         dataloader_kwargs: dict | None = None,
         force_first_round_loss: bool = False,
         *,
-        energy_learning_rate: float = DEFAULTS["energy_learning_rate"],
-        multiplier_learning_rate: float = DEFAULTS["multiplier_learning_rate"],
-        zeta_multiplier_learning_rate: float = DEFAULTS["zeta_multiplier_learning_rate"],
-        multiplier_optimizer: Literal["sgd", "adam"] = DEFAULTS["multiplier_optimizer"],
-        multiplier_init: float = DEFAULTS["multiplier_init"],
-        min_rv_multiplier: float = DEFAULTS["min_rv_multiplier"],
-        max_rv_multiplier: float | None = DEFAULTS["max_rv_multiplier"],
-        early_stopping: Literal["flow", "proxy"] = DEFAULTS["early_stopping"],
-        eps_zeta: float = DEFAULTS["eps_zeta"],
-        zeta_constraint: Literal["box", "per_condition"] = DEFAULTS["zeta_constraint"],
-        negative_nll: bool = DEFAULTS["negative_nll"],
-        num_zeta_samples: int = DEFAULTS["num_zeta_samples"],
-        num_rv_samples: int | None = DEFAULTS["num_rv_samples"],
-        gradient_estimator: Literal["reparameterized", "score"] = DEFAULTS["gradient_estimator"],
-        temperature_weighted_kl: bool = DEFAULTS["temperature_weighted_kl"],
-        warm_start_steps: int = DEFAULTS["warm_start_steps"],
-        flow_betas: tuple[float, float] = DEFAULTS["flow_betas"],
-        energy_betas: tuple[float, float] = (0.0, 0.9),
-        cuda_graph: bool = False,
+        energy_learning_rate: float = _D.energy_learning_rate,
+        multiplier_learning_rate: float = _D.multiplier_learning_rate,
+        zeta_multiplier_learning_rate: float = _D.zeta_multiplier_learning_rate,
+        multiplier_optimizer: Literal["sgd", "adam"] = _D.multiplier_optimizer,
+        multiplier_init: float = _D.multiplier_init,
+        min_rv_multiplier: float = _D.min_rv_multiplier,
+        max_rv_multiplier: float | None = _D.max_rv_multiplier,
+        early_stopping: Literal["flow", "proxy"] = _D.early_stopping,
+        eps_zeta: float = _D.eps_zeta,
+        zeta_constraint: Literal["box", "per_condition"] = _D.zeta_constraint,
+        negative_nll: bool = _D.negative_nll,
+        num_zeta_samples: int = _D.num_zeta_samples,
+        num_rv_samples: int | None = _D.num_rv_samples,
+        gradient_estimator: Literal["reparameterized", "score"] = _D.gradient_estimator,
+        temperature_weighted_kl: bool = _D.temperature_weighted_kl,
+        warm_start_steps: int = _D.warm_start_steps,
+        flow_betas: tuple[float, float] = _D.flow_betas,
+        energy_betas: tuple[float, float] = _D.energy_betas,
+        cuda_graph: bool = _D.cuda_graph,
+        options: JeffreysOptions | None = None,
     ) -> nn.Module:
         r"""Train :math:`p_\theta` and :math:`q_\psi` by GDA (Algorithm 3) and return the flow.
 
@@ -234,9 +203,19 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         the paper's (0, 0.9)). ``cuda_graph=True`` replays each training step as a CUDA graph
         (:mod:`sbi_jeffreys.graphs`): the same training, without the host's launch cost, which
         dominates these small networks' steps on a GPU; ignored on a CPU.
+
+        ``options`` passes all of the dual's options at once (:class:`JeffreysOptions`, e.g.
+        ``JeffreysOptions.paper_d4()``); each keyword's default is its field's. Giving both
+        ``options`` and a keyword that differs from its default is an error (which one wins
+        would be a guess).
         """
-        if early_stopping not in ("flow", "proxy"):
-            raise ValueError(f"early_stopping must be 'flow' or 'proxy', got {early_stopping!r}.")
+        keywords = locals()
+        opts = JeffreysOptions(**{f.name: keywords[f.name] for f in fields(JeffreysOptions)})
+        if options is not None:
+            clash = opts.differences(_D)
+            if clash:
+                raise ValueError(f"Pass the dual's options either as keywords or as options=, not both: {clash}.")
+            opts = options
         if not self._data_round_index:
             raise RuntimeError("No simulations found. You must call .append_simulations() before calling .train().")
         n = sum(t.shape[0] for t in self._theta_roundwise)
@@ -254,33 +233,12 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         flow, energy = self._neural_net.to(self._device), self._energy_net.to(self._device)
 
         if not resume:
-            temperature = getattr(energy, "temperature", 1.0)
-            config = JeffreysConfig(
-                flow_lr=learning_rate,
-                energy_lr=energy_learning_rate,
-                multiplier_lr=multiplier_learning_rate,
-                zeta_multiplier_lr=zeta_multiplier_learning_rate,
-                multiplier_optimizer=multiplier_optimizer,
-                multiplier_init=multiplier_init,
-                min_rv_multiplier=min_rv_multiplier,
-                max_rv_multiplier=max_rv_multiplier,
-                eps_zeta=eps_zeta,
-                zeta_constraint=zeta_constraint,
-                negative_nll=negative_nll,
-                num_zeta_samples=num_zeta_samples,
-                num_rv_samples=num_rv_samples,
-                gradient_estimator=gradient_estimator,
-                kl_weight=temperature if temperature_weighted_kl else 1.0,
-                clip_max_norm=clip_max_norm,
-                betas=(float(energy_betas[0]), float(energy_betas[1])),
-                flow_betas=(float(flow_betas[0]), float(flow_betas[1])),
-                cuda_graph=cuda_graph,
-            )
+            config = opts.engine_config(learning_rate, clip_max_norm, getattr(energy, "temperature", 1.0))
             self._trainer = JeffreysTrainer(flow, energy, config)
-            if warm_start_steps > 0 and fresh and not is_flow_tilted(energy):  # a tilted proxy starts at q = p
+            if opts.warm_start_steps > 0 and fresh and not is_flow_tilted(energy):  # a tilted proxy starts at q = p
                 # scale with the data (at most 10 epochs' worth of batches, 4 samples per condition)
                 # so that a small run pays no fixed cost for it
-                steps = min(warm_start_steps, 10 * max(1, len(train_loader)))
+                steps = min(opts.warm_start_steps, 10 * max(1, len(train_loader)))
                 warm_start_energy(
                     flow, energy, self._contexts(train_loader), steps=steps, num_samples=training_batch_size * 4
                 )
@@ -309,7 +267,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             lambda: ((t.to(self._device), x.to(self._device)) for t, x, _ in train_loader),
             max_epochs=max_num_epochs,  # as sbi: the total, counting epochs of earlier calls
             validate=validate,
-            monitor="val_nll_q" if early_stopping == "proxy" else "val_nll_p",
+            monitor="val_nll_q" if opts.early_stopping == "proxy" else "val_nll_p",
             stop_after_epochs=stop_after_epochs,
             show_progress=self._show_progress_bars,
             on_log=on_log,
