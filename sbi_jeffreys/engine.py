@@ -12,16 +12,12 @@ reverse-KL samples, the flow-tilted proxy, the pooled energy call) live in
 the EBM's spectral norm once. All per-step statistics stay on the device; the host syncs once
 per log point.
 
-Module size: the GDA step, the loop, the divergence guard and the state/RNG plumbing are kept
-together here (about 450 lines); splitting the guard and the state plumbing out is still to do.
+The divergence guard and the state/RNG plumbing are in :mod:`sbi_jeffreys.trainer_state`.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -33,12 +29,11 @@ from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import refresh_spectral_norm
 from sbi_jeffreys.objective import MULTIPLIERS, DualState, Terms, constraint_slacks, primal_surrogate
 from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
+from sbi_jeffreys.trainer_state import TrainerState, TrainingDivergedError, _clone
+
+__all__ = ["JeffreysConfig", "JeffreysTrainer", "TrainingDivergedError", "check_data", "warm_start_energy"]
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
-
-
-class TrainingDivergedError(RuntimeError):
-    """Raised when training diverged (NaN/inf or a runaway ζ) more often than rollbacks allow."""
 
 
 @dataclass
@@ -106,7 +101,7 @@ def check_data(inputs: Tensor, context: Tensor | None = None, dim: int | None = 
             raise ValueError(f"inputs ({inputs.shape[0]}) and context ({context.shape[0]}) differ in batch size.")
 
 
-class JeffreysTrainer:
+class JeffreysTrainer(TrainerState):
     """Gradient descent-ascent on the Lagrangian of eq. 11 (Algorithm 3).
 
     Args:
@@ -317,140 +312,6 @@ class JeffreysTrainer:
             self.flow.load_state_dict(self.best["flow"])
             self.energy.load_state_dict(self.best["energy"])
         return self.history
-
-    # ------------------------------------------------------------------ divergence guard
-    def _healthy(self, record: dict[str, float]) -> bool:
-        # the step statistics predate each step's update: check the weights too, else NaN
-        # weights from an epoch's last step would be snapshotted as the last good state
-        if not all(
-            bool(torch.isfinite(p).all()) for p in (*self.flow.parameters(), *self.energy.parameters(), self.dual.lam)
-        ):
-            record["parameters"] = float("nan")
-        finite = all(math.isfinite(v) for v in record.values())
-        # a runaway log zeta either way (per condition, via its mean square) is a divergence too
-        bound = self.config.max_log_zeta
-        return finite and record.get("log_zeta", 0.0) < bound and record.get("log_zeta_ms", 0.0) < 4 * bound**2
-
-    def _rollback(self, record: dict[str, float]) -> bool:
-        """Roll back to the last good state and halve the learning rates; returns False when
-        the rollbacks are spent and a validated best state exists (training then stops on it
-        with a warning), raises :class:`TrainingDivergedError` when none ever existed."""
-        bad = {k: v for k, v in record.items() if not math.isfinite(v) or k.startswith("log_zeta")}
-        if self._good is None or self.rollbacks >= self.config.max_rollbacks:
-            message = (
-                f"Training diverged at epoch {self.epoch} (step {self.step_count}): {bad}. "
-                f"{self.rollbacks} rollback(s) already spent"
-            )
-            if self.best is None:
-                raise TrainingDivergedError(
-                    f"{message}, and no validated state exists to fall back on; lower the learning "
-                    "rates, raise num_zeta_samples or use a smaller EBM temperature."
-                )
-            self.diverged = True
-            warnings.warn(
-                f"{message}; stopping with the best validated state (epoch {self.best['epoch']}, "
-                f"{self.best['metric']:.4g}). The history up to here is kept.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return False
-        self.rollbacks += 1
-        good, diverged_at = self._good, self.epoch
-        # halve the current rates (the snapshot's would not compound over repeated rollbacks)
-        lrs = [[g["lr"] for g in opt.param_groups] for opt in (self.opt_flow, self.opt_energy)]
-        self._restore(good)
-        for opt, old in zip((self.opt_flow, self.opt_energy), lrs):
-            for g, lr in zip(opt.param_groups, old):
-                g["lr"] = 0.5 * lr
-        warnings.warn(
-            f"Divergence at epoch {diverged_at} ({bad}); rolled back to epoch {good['epoch']} "
-            f"and halved the learning rates (rollback {self.rollbacks}/{self.config.max_rollbacks}).",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return True
-
-    # ------------------------------------------------------------------ state
-    def _snapshot(self) -> dict:
-        return _clone(
-            {
-                "flow": self.flow.state_dict(),
-                "energy": self.energy.state_dict(),
-                "dual": self.dual.state_dict(),
-                "opt_flow": self.opt_flow.state_dict(),
-                "opt_energy": self.opt_energy.state_dict(),
-                "opt_dual": self.dual.opt.state_dict() if self.dual.opt is not None else {},
-                "epoch": self.epoch,
-                "step": self.step_count,
-            }
-        )
-
-    def _restore(self, snap: dict) -> None:
-        # optimizers' load_state_dict keeps references to the given tensors: restore a copy, else
-        # the next steps mutate the snapshot in place (and a second rollback restores garbage)
-        snap = _clone(snap)
-        self.flow.load_state_dict(snap["flow"])
-        self.energy.load_state_dict(snap["energy"])
-        self.dual.load_state_dict(snap["dual"])
-        self.opt_flow.load_state_dict(snap["opt_flow"])
-        self.opt_energy.load_state_dict(snap["opt_energy"])
-        if self.dual.opt is not None and snap["opt_dual"]:
-            self.dual.opt.load_state_dict(snap["opt_dual"])
-        self.epoch, self.step_count = snap["epoch"], snap["step"]
-        self._zeta_cache = None
-        if self._graph is not None:
-            self._graph.reset()  # the optimizers' states are new tensors: record the step again
-
-    def state_dict(self) -> dict:
-        """The complete training state: models, multipliers, optimizers, counters, history,
-        best state, config and RNG (so that a resumed run continues exactly)."""
-        state = self._snapshot()
-        state.update(
-            {
-                "rollbacks": self.rollbacks,
-                "history": copy.deepcopy(self.history),
-                "best": self.best,
-                "good": self._good,
-                "config": asdict(self.config),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "zeta_cache": list(self._zeta_cache) if self._zeta_cache is not None else [],
-            }
-        )
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self._restore(state)
-        self.rollbacks = state["rollbacks"]
-        self.history = copy.deepcopy(state["history"])
-        self.best, self._good = state["best"], state["good"]
-        self._zeta_cache = tuple(state["zeta_cache"]) if state["zeta_cache"] else None
-        # RNG states must be CPU ByteTensors (load()'s map_location may have moved them)
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if torch.cuda.is_available() and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
-
-    def save(self, path: str) -> None:
-        """Write :meth:`state_dict` atomically (temp file + rename)."""
-        import os
-
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
-    def load(self, path: str) -> None:
-        """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
-        self.load_state_dict(torch.load(path, weights_only=True, map_location=self.dual.lam.device))
-
-
-def _clone(tree):
-    if isinstance(tree, Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, dict):
-        return {k: _clone(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(v) for v in tree)
-    return copy.deepcopy(tree)
 
 
 def warm_start_energy(
