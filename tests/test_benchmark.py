@@ -302,7 +302,7 @@ def test_figure_gives_each_method_one_colour_in_every_panel():
     matplotlib.use("Agg")
     import pandas as pd
 
-    from sbi_jeffreys.benchmark.sweep import c2st_figure
+    from sbi_jeffreys.benchmark.summary import c2st_figure
 
     # slcp has no JeffreysNPE cell at 10^3: its NPE line must still wear NPE's colour
     summary = pd.DataFrame(

@@ -10,6 +10,9 @@ constraint (or B.6's box on their batch average). Everything else is sbi's:
 ``append_simulations`` and its invalid-x handling, the train/validation split, the tracker, and
 ``DirectPosterior`` for ``sample_with="flow"``. The default posterior resamples the proxy
 :math:`q = p_\theta e^{g}/\zeta` from flow samples (:class:`ImportancePosterior`).
+
+Module size (about 430 lines): most of it is sbi's API surface (``train``'s documented signature,
+the checks sbi leaves out, save/load); the options are :mod:`sbi_jeffreys.adapters.options`.
 """
 
 from __future__ import annotations

@@ -12,19 +12,7 @@ Unit of work: one *training* for one (task, budget, seed). Methods that share a 
 which builds one posterior per method and reports the same ``train_seconds`` for both. A unit
 returns its rows (one per method x observation) to the driver process, which alone writes them.
 
-Results store (:class:`ResultStore`): ``results.csv`` is only ever replaced whole. To add a
-unit's rows the driver takes an exclusive ``fcntl.flock`` on ``results.csv.lock``, reads the
-current file, drops any new row whose key ``(task, num_simulations, seed, observation,
-method)`` is already present, writes the old rows plus the new ones to a temporary file in
-the same directory, ``fsync``\\ s it, ``os.replace``\\ s it over ``results.csv`` and
-``fsync``\\ s the directory. ``os.replace`` is atomic on POSIX, so a reader or a restarted
-sweep sees either the old file or the new one, never a partial row, and a unit's rows land
-all together or not at all: a sweep killed at any moment (SIGKILL included) loses at most
-the units in flight and never duplicates a row. On restart, cells already in
-``results.csv`` are skipped (a unit runs only if one of its cells is missing, and then
-writes only the missing ones). The settings that are not part of the key (``num_samples``,
-C2ST variant, training and method kwargs) are saved in ``sweep_config.json``; resuming into
-the same folder with different settings is refused, so rows of different settings never mix.
+Results store: :mod:`sbi_jeffreys.benchmark.store` (atomic, locked, resumable ``results.csv``).
 
 Execution goes through existing engines: ``backend="local"`` runs units in joblib's loky
 worker processes (``n_jobs``), ``backend="dask"`` submits them to a dask.distributed
@@ -33,29 +21,27 @@ scheduler (``scheduler`` address, or a ``LocalCluster`` of ``n_jobs`` workers) w
 to the units to run (an assignment, not an exclusive placement: with more parallel units than
 devices, two units may share a device at a time).
 
-After the units, :func:`write_summary` writes ``summary.csv`` (mean ± sd of C2ST over seeds
-and observations per task x budget x method) and :func:`plot_c2st_vs_budget` writes
-``c2st_vs_budget.png``.
+After the units, :func:`~sbi_jeffreys.benchmark.summary.write_summary` writes ``summary.csv``
+and :func:`~sbi_jeffreys.benchmark.summary.plot_c2st_vs_budget` ``c2st_vs_budget.png``.
+
+Module size (about 500 lines): planning units, running one, and the two execution backends
+belong together; the store and the summary are their own modules.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
-import io
 import json
 import math
 import os
 import platform
 import socket
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from sbi_jeffreys.benchmark.c2st import get_c2st
 from sbi_jeffreys.benchmark.tasks import TASKS, get_task
@@ -75,122 +61,15 @@ __all__ = [
     "plot_c2st_vs_budget",
 ]
 
-KEY_COLUMNS: tuple[str, ...] = ("task", "num_simulations", "seed", "observation", "method")
-RESULT_COLUMNS: tuple[str, ...] = KEY_COLUMNS + (
-    "c2st",
-    "c2st_kind",
-    "num_samples",
-    "num_simulations_used",
-    "train_seconds",
-    "sample_seconds",
-    "c2st_seconds",
-    "simulate_seconds",
-    "device",
-    "host",
-    "finished_at",
+from sbi_jeffreys.benchmark.store import (  # noqa: E402  (re-exported: the sweep's API)
+    KEY_COLUMNS,
+    MAX_REFERENCE_SAMPLES,
+    RESULT_COLUMNS,
+    Key,
+    ResultStore,
+    _atomic_write_text,
 )
-_INT_KEYS = ("num_simulations", "seed", "observation")
-MAX_REFERENCE_SAMPLES = 10_000  # sbibm ships 10,000 reference posterior samples per observation
-
-Key = tuple[str, int, int, int, str]
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _key(row: Mapping[str, Any]) -> Key:
-    return (
-        str(row["task"]),
-        int(row["num_simulations"]),
-        int(row["seed"]),
-        int(row["observation"]),
-        str(row["method"]),
-    )
-
-
-# --------------------------------------------------------------------------- results store
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, see :func:`_atomic_write_bytes`."""
-    _atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class ResultStore:
-    """``results.csv`` with whole-file atomic replacement under a file lock (module docstring)."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-    def read(self) -> list[dict[str, str]]:
-        """All rows, as dicts of strings (empty list if the file does not exist yet)."""
-        if not self.path.exists():
-            return []
-        with open(self.path, newline="") as fh:
-            return list(csv.DictReader(fh))
-
-    def finished(self) -> set[Key]:
-        """Keys ``(task, num_simulations, seed, observation, method)`` already stored."""
-        return {_key(row) for row in self.read()}
-
-    def append(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Atomically add ``rows`` whose key is not stored yet; return how many were added."""
-        rows = list(rows)
-        if not rows:
-            return 0
-        with self._locked():
-            old = self.read()
-            seen = {_key(r) for r in old}
-            new = []
-            for row in rows:
-                k = _key(row)
-                if k not in seen:
-                    seen.add(k)
-                    new.append(row)
-            if not new:
-                return 0
-            columns = list(RESULT_COLUMNS)
-            for row in old[:1] + new:
-                columns += [c for c in row if c not in columns]
-            buffer = io.StringIO()
-            writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(old)
-            writer.writerows(new)
-            _atomic_write_text(self.path, buffer.getvalue())
-            return len(new)
-
+from sbi_jeffreys.benchmark.summary import plot_c2st_vs_budget, write_summary  # noqa: E402
 
 # --------------------------------------------------------------------------- units
 
@@ -631,100 +510,3 @@ def run_sweep(
     if summarize and store.path.exists():
         plot_c2st_vs_budget(out, write_summary(out))
     return SweepReport(out, len(units) + skipped, skipped, len(units), written, failures, time.perf_counter() - t0)
-
-
-# --------------------------------------------------------------------------- summary, figure
-
-
-def _load_results(out: Path):
-    import pandas as pd
-
-    frame = pd.read_csv(Path(out) / "results.csv")
-    if frame.empty:
-        raise ValueError(f"{out}/results.csv holds no rows")
-    return frame
-
-
-def write_summary(out: str | os.PathLike):
-    """Write ``summary.csv``: C2ST mean ± sd over seeds and observations per task x budget x method.
-
-    Columns: task, num_simulations, method, c2st_mean, c2st_sd (sample sd, ddof=1; empty for
-    a single cell), n_cells, n_seeds, c2st ("mean ± sd" text), train_seconds_mean (per
-    training), sample_seconds_mean (per observation). Returns the table (a pandas DataFrame).
-    """
-    frame = _load_results(Path(out))
-    grouped = frame.groupby(["task", "num_simulations", "method"], sort=True)
-    summary = grouped.agg(
-        c2st_mean=("c2st", "mean"),
-        c2st_sd=("c2st", "std"),
-        n_cells=("c2st", "size"),
-        n_seeds=("seed", "nunique"),
-        train_seconds_mean=("train_seconds", "mean"),
-        sample_seconds_mean=("sample_seconds", "mean"),
-    ).reset_index()
-    summary.insert(
-        5,
-        "c2st",
-        [
-            f"{m:.3f} ± {s:.3f}" if not math.isnan(s) else f"{m:.3f}"
-            for m, s in zip(summary["c2st_mean"], summary["c2st_sd"])
-        ],
-    )
-    _atomic_write_text(Path(out) / "summary.csv", summary.to_csv(index=False))
-    return summary
-
-
-def c2st_figure(summary):
-    """The Fig. 6-style figure of a :func:`write_summary` table: one panel per task; x: simulation
-    budget (log scale); y: C2ST mean over seeds and observations with ± sd error bars; one
-    line per method, in the same colour in every panel; dashed line at chance (0.5)."""
-    import matplotlib.pyplot as plt
-
-    tasks = list(dict.fromkeys(summary["task"]))
-    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(summary["method"]))}
-    ncols = min(3, len(tasks))
-    nrows = math.ceil(len(tasks) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
-        part = summary[summary["task"] == task]
-        for method in dict.fromkeys(part["method"]):
-            rows = part[part["method"] == method].sort_values("num_simulations")
-            ax.errorbar(
-                rows["num_simulations"],
-                rows["c2st_mean"],
-                yerr=rows["c2st_sd"].fillna(0.0),
-                marker="o",
-                capsize=3,
-                label=method,
-                color=colors[method],
-            )
-        ax.axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_ylim(0.45, 1.02)
-        ax.set(title=task, xlabel="number of simulations", ylabel="C2ST")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(tasks) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    return fig
-
-
-def plot_c2st_vs_budget(out: str | os.PathLike, summary=None) -> Path:
-    """Draw ``c2st_vs_budget.png`` (Fig. 6 style) from ``results.csv`` and return its path.
-
-    ``summary`` is :func:`write_summary`'s table; by default it is recomputed (and rewritten).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if summary is None:
-        summary = write_summary(out)
-    fig = c2st_figure(summary)
-    path = Path(out) / "c2st_vs_budget.png"
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=150)
-    plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
-    return path
