@@ -83,7 +83,7 @@ def epoch_batches(train: Tensor, batch_size: int | None) -> Callable[[], Iterato
     return batches
 
 
-def _as_data(x: Tensor, features: int, device: torch.device, name: str = "inputs") -> Tensor:
+def as_data(x: Tensor, features: int, device: torch.device, name: str = "inputs") -> Tensor:
     """Validate (type, dtype, shape, NaN/inf; ValueError/TypeError) and move to the model's float32."""
     try:
         check_data(x, dim=features)
@@ -92,7 +92,7 @@ def _as_data(x: Tensor, features: int, device: torch.device, name: str = "inputs
     return x.to(device=device, dtype=torch.float32)
 
 
-def _chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 65_536) -> Tensor:
+def chunked(fn: Callable[[Tensor], Tensor], x: Tensor, chunk: int = 65_536) -> Tensor:
     return torch.cat([fn(x[i : i + chunk]) for i in range(0, x.shape[0], chunk)])
 
 
@@ -156,7 +156,7 @@ class JeffreysDensityEstimator:
     def build(self, train: Tensor) -> JeffreysTrainer:
         """Build fresh networks standardised on ``train`` and their trainer (no training step).
         :meth:`fit` calls it; it is public for benchmarks that drive ``trainer.step`` directly."""
-        train = _as_data(train, self.features, self.device, "train")
+        train = as_data(train, self.features, self.device, "train")
         if self.seed is not None:
             torch.manual_seed(self.seed)
         mean, std = _standardisation(train)
@@ -195,9 +195,9 @@ class JeffreysDensityEstimator:
         paper reports both best and last test NLL, read them off :attr:`history`). A divergence
         (NaN, runaway ζ) rolls back to the last evaluated state, as the engine does.
         """
-        train = _as_data(train, self.features, self.device, "train")
+        train = as_data(train, self.features, self.device, "train")
         if test is not None:
-            test = _as_data(test, self.features, self.device, "test")
+            test = as_data(test, self.features, self.device, "test")
         steps, max_epochs, log_every = training_plan(train.shape[0], batch_size, iterations, eval_every)
         self._steps_per_epoch = steps
         trainer = self.build(train)
@@ -259,8 +259,8 @@ class JeffreysDensityEstimator:
     def log_prob(self, x: Tensor) -> Tensor:
         r""":math:`\log p_\theta(x)` of the flow, ``(N, d) -> (N,)`` (on ``x``'s device)."""
         flow, _ = self._fitted()
-        z = _as_data(x, self.features, self.device, "x")
-        return _chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], z).to(x.device)
+        z = as_data(x, self.features, self.device, "x")
+        return chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], z).to(x.device)
 
     @torch.no_grad()
     def log_zeta(self, num_samples: int = 10_000) -> Tensor:
@@ -277,9 +277,9 @@ class JeffreysDensityEstimator:
         r"""Quasi-normalized EBM density :math:`\log\tilde q_\psi(x) = f_\psi(x)/T - \log\hat\zeta_\psi`
         with a fresh :meth:`log_zeta` estimate from ``num_samples`` flow samples; ``(N, d) -> (N,)``."""
         _, energy = self._fitted()
-        z = _as_data(x, self.features, self.device, "x")
+        z = as_data(x, self.features, self.device, "x")
         log_zeta = self.log_zeta(num_samples)
-        return (_chunked(lambda b: energy(b.unsqueeze(0))[0], z) - log_zeta).to(x.device)
+        return (chunked(lambda b: energy(b.unsqueeze(0))[0], z) - log_zeta).to(x.device)
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sbi_jeffreys.adapters.density import _as_data, _chunked, build_flow, epoch_batches, training_plan
+from sbi_jeffreys.adapters.density import as_data, build_flow, chunked, epoch_batches, training_plan
 from sbi_jeffreys.engine import TrainingDivergedError
 from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.nets import UnconditionalFlow
@@ -73,7 +73,7 @@ class NFDensityEstimator:
 
     def build(self, train: Tensor) -> UnconditionalFlow:
         """A fresh flow standardised on ``train`` and its optimizer (no training step)."""
-        train = _as_data(train, self.features, self.device, "train")
+        train = as_data(train, self.features, self.device, "train")
         if self.seed is not None:
             torch.manual_seed(self.seed)
         flow = self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
@@ -109,7 +109,7 @@ class NFDensityEstimator:
         if flow is None:
             raise RuntimeError("Call build() (or fit()) before evaluate().")
         flow.eval()
-        return {"val_nll_p": float(-_chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], test).mean())}
+        return {"val_nll_p": float(-chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], test).mean())}
 
     def fit(
         self,
@@ -125,9 +125,9 @@ class NFDensityEstimator:
         batch by default). Every ``eval_every`` steps and at the end the history records the
         train NLL averaged since the last log (``nll_p``) and, with ``test``, ``val_nll_p``.
         The final flow is the LAST state. Raises :class:`TrainingDivergedError` on a NaN/inf loss."""
-        train = _as_data(train, self.features, self.device, "train")
+        train = as_data(train, self.features, self.device, "train")
         if test is not None:
-            test = _as_data(test, self.features, self.device, "test")
+            test = as_data(test, self.features, self.device, "test")
         steps, max_epochs, log_every = training_plan(train.shape[0], batch_size, iterations, eval_every)
         self._steps_per_epoch = steps
         self.build(train)
@@ -183,8 +183,8 @@ class NFDensityEstimator:
     def log_prob(self, x: Tensor) -> Tensor:
         r""":math:`\log p(x)` of the flow, ``(N, d) -> (N,)`` (on ``x``'s device)."""
         flow = self._fitted()
-        z = _as_data(x, self.features, self.device, "x")
-        return _chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], z).to(x.device)
+        z = as_data(x, self.features, self.device, "x")
+        return chunked(lambda b: flow.log_prob(b.unsqueeze(0))[0], z).to(x.device)
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:
