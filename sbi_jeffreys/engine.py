@@ -63,6 +63,8 @@ class JeffreysConfig:
     max_log_zeta: float = 20.0
     max_rollbacks: int = 3
     cuda_graph: bool = False  # replay each step as a CUDA graph (sbi_jeffreys.graphs); CUDA only
+    # (P-W): fixed (w_fw, w_rv, w_prx) instead of multipliers: no ascent, no zeta constraint, no B.7
+    fixed_weights: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.gradient_estimator not in ("reparameterized", "score"):
@@ -77,6 +79,11 @@ class JeffreysConfig:
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         if self.flow_betas is not None:
             self.flow_betas = (float(self.flow_betas[0]), float(self.flow_betas[1]))
+        if self.fixed_weights is not None:
+            weights = tuple(float(w) for w in self.fixed_weights)
+            if len(weights) != 3 or min(weights) < 0:
+                raise ValueError(f"fixed_weights must be three non-negative (w_fw, w_rv, w_prx), got {weights}.")
+            self.fixed_weights = (weights[0], weights[1], weights[2])
 
 
 def _checked(x: Tensor, name: str, dim: int | None = None) -> None:
@@ -117,14 +124,16 @@ class JeffreysTrainer(TrainerState):
         self.energy = energy
         self.config = config = config or JeffreysConfig()
         device = next(flow.parameters()).device
+        fixed = config.fixed_weights is not None  # (P-W): the multipliers frozen at the weights
         self.dual = DualState(
             init=config.multiplier_init,
-            lr=config.multiplier_lr,
-            zeta_lr=config.zeta_multiplier_lr,
+            lr=0.0 if fixed else config.multiplier_lr,
+            zeta_lr=0.0 if fixed else config.zeta_multiplier_lr,
             optimizer=config.multiplier_optimizer,
-            negative_nll=config.negative_nll,
-            min_rv=config.min_rv_multiplier,
-            max_rv=config.max_rv_multiplier,
+            negative_nll=config.negative_nll and not fixed,
+            min_rv=0.0 if fixed else config.min_rv_multiplier,
+            max_rv=None if fixed else config.max_rv_multiplier,
+            init_values=config.fixed_weights,
         ).to(device)
         # a recorded step keeps Adam's step counts on the device (capturable); CPU runs eagerly
         graph = config.cuda_graph and device.type == "cuda"

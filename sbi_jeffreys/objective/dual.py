@@ -20,6 +20,8 @@ class DualState(nn.Module):
     :math:`\delta = 1/(2\lambda)` stays finite (the paper: "we also initialize λ to be non-zero").
     ``min_rv`` / ``max_rv`` bound :math:`\lambda_{rv}` (beyond the paper: a floor keeps the
     reverse KL from switching off as :math:`q \to p`; ``max_rv=0`` removes it, an ablation).
+    ``init_values`` sets :math:`(\lambda_{fw}, \lambda_{rv}, \lambda_{prx})` one by one; with zero
+    learning rates they are the fixed weights of the penalty problem (P-W).
     """
 
     floor: Tensor
@@ -37,6 +39,7 @@ class DualState(nn.Module):
         init_zeta: float = 0.0,
         min_rv: float = 0.0,
         max_rv: float | None = None,
+        init_values: tuple[float, float, float] | None = None,
     ):
         super().__init__()
         if lr < 0 or zeta_lr < 0 or init < 0 or init_zeta < 0:
@@ -52,7 +55,8 @@ class DualState(nn.Module):
             ceiling[MULTIPLIERS.index("rv")] = max_rv
         self.register_buffer("floor", floor)
         self.register_buffer("ceiling", ceiling)
-        lam = torch.minimum(torch.maximum(torch.tensor([init, init, init, init_zeta, init_zeta]), floor), ceiling)
+        first = tuple(init_values) if init_values is not None else (init, init, init)
+        lam = torch.minimum(torch.maximum(torch.tensor([*first, init_zeta, init_zeta]), floor), ceiling)
         self.lam = nn.Parameter(lam, requires_grad=False)
         self.register_buffer("rates", torch.tensor([lr, lr, lr, zeta_lr, zeta_lr]))
         if optimizer not in ("sgd", "adam"):
