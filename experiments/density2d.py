@@ -6,6 +6,8 @@ For every (dataset, seed) job this trains
   B.7 negative-NLL variant), recording the test NLL of :math:`p_\theta` (``jeffreys_p``) and of
   the quasi-normalized :math:`\tilde q_\psi = e^{f_\psi}/\hat\zeta_\psi` (``jeffreys_q``);
 * the same NSF by maximum likelihood (``nf``),
+* with ``--pw-weights``, the penalty problem (P-W) with those fixed weights (``pw_fw*_rv*``, Fig. 2),
+  and with ``--wgan-lrs``, WGAN-GP at those generator LRs (``wgan_lr*``, Fig. 3b),
 
 and writes into ``--out``:
 
@@ -54,7 +56,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from sbi_jeffreys.adapters.density import JeffreysDensityEstimator  # noqa: E402
-from sbi_jeffreys.baselines.nf import NFDensityEstimator  # noqa: E402
+from sbi_jeffreys.baselines import NFDensityEstimator, PenaltyDensityEstimator, WGANGPDensityEstimator  # noqa: E402
 from sbi_jeffreys.datasets import DATASETS, load_toy2d, plot_range, true_log_prob  # noqa: E402
 from sbi_jeffreys.engine import TrainingDivergedError  # noqa: E402
 
@@ -134,6 +136,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-train", type=int, default=None, help="default: 1000 (gmm40: 800)")
     p.add_argument("--num-test", type=int, default=None, help="default: 10,000 (2000 with --quick)")
     p.add_argument("--warm-start-steps", type=int, default=0, help="B.8 warm start of the EBM (D.2: none)")
+    p.add_argument(
+        "--pw-weights",
+        nargs="*",
+        default=[],
+        metavar="FW,RV",
+        help="(P-W) baselines with fixed weights w_fw,w_rv (w_prx = 1), e.g. 0.2,0.2 5,5 (Fig. 2: the 25 pairs of"
+        " {0.2,0.5,1,2,5})",
+    )
+    p.add_argument(
+        "--wgan-lrs", nargs="*", type=float, default=[], help="WGAN-GP generator LRs (Fig. 3b: 1e-3 1e-5; critic 1e-5)"
+    )
     args = p.parse_args(argv)
     if args.datasets is None:
         args.datasets = QUICK_DATASETS if args.quick else ALL_DATASETS
@@ -161,6 +174,8 @@ def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
         arch={**base["flow"], **base["energy"]},
         config={**CONFIG, "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"]},
         nf_lr=NF_LR,
+        pw_weights=[[float(w) for w in pair.split(",")] for pair in args.pw_weights],
+        wgan_lrs=list(args.wgan_lrs),
     )
 
 
@@ -263,6 +278,24 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         out["maps"]["jeffreys_p"] = (jeff.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
         q = jeff.proxy_log_prob(grid, num_samples=max(10_000, settings["config"]["num_zeta_samples"]))
         out["maps"]["jeffreys_q"] = (q.exp() * area).reshape(GRID, GRID).tolist()
+
+    # --- baselines of Fig. 2 and 3b: the penalty problem (P-W) and WGAN-GP
+    for w_fw, w_rv in settings.get("pw_weights", []):
+        pw = PenaltyDensityEstimator(
+            2, w_fw=w_fw, w_rv=w_rv, **arch, device=dev, seed=seed, cuda_graph=graph, **settings["config"]
+        )
+        try:
+            pw.fit(train, **common)
+            status = "ok"
+        except TrainingDivergedError as err:
+            status = f"diverged: {err}"
+        log_zeta = pw.history.get("val_log_zeta", [math.nan]) if status == "ok" else [math.nan]
+        extra = dict(final_log_zeta=log_zeta[-1], max_abs_log_zeta=float(np.nanmax(np.abs(log_zeta))))
+        record(f"pw_fw{w_fw:g}_rv{w_rv:g}", pw, "val_nll_p", status, extra)
+    for lr in settings.get("wgan_lrs", []):
+        wgan = WGANGPDensityEstimator(2, **flow_arch, generator_lr=lr, critic_lr=1e-5, device=dev, seed=seed)
+        wgan.fit(train, **common)
+        record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan))
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
     for path in (ckpt, partial):

@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Sequence
 
 import torch
@@ -83,6 +84,7 @@ class WGANGPDensityEstimator:
         self.flow: Any = None
         self.critic: ResidualEnergy | None = None
         self.history: dict[str, list[float]] = {}
+        self.timing: dict[str, float] = {}
 
     def build(self, train: Tensor) -> None:
         """Fresh generator (standardised on ``train``) and critic."""
@@ -116,6 +118,7 @@ class WGANGPDensityEstimator:
         n = train.shape[0]
         b = n if batch_size is None else min(batch_size, n)
         self.history = {}
+        start, eval_seconds = time.perf_counter(), 0.0
         for it in tqdm(range(1, iterations + 1), disable=not show_progress, desc="WGAN-GP"):
             for _ in range(self.critic_steps):
                 real = train[torch.randint(0, n, (b,), device=self.device)]
@@ -135,11 +138,14 @@ class WGANGPDensityEstimator:
             if it % eval_every == 0 or it == iterations:
                 record = {"iteration": float(it), "critic_loss": d_loss.item(), "generator_loss": g_loss.item()}
                 if test is not None:
+                    t0 = time.perf_counter()
                     record["val_nll_p"] = float(-self.log_prob(test).mean())
+                    eval_seconds += time.perf_counter() - t0
                 for k, v in record.items():
                     self.history.setdefault(k, []).append(v)
                 if not all(math.isfinite(v) for v in record.values()):
                     break  # an unstable run (the paper's high-LR case) stops; its history says where
+        self.timing = {"seconds": time.perf_counter() - start, "eval_seconds": eval_seconds}
         return self
 
     @torch.no_grad()
