@@ -31,10 +31,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "free": ("film_resnet", {}),  # part 1's default: the paper's free FiLM EBM
     "tilted": ("flow_tilted", {}),
     "tilted_m64": ("flow_tilted", {"num_zeta_samples": 64}),
-    "tilted_m256": ("flow_tilted", {"num_zeta_samples": 256}),
     "tilted_stop_q": ("flow_tilted", {"early_stopping": "proxy"}),
-    "tilted_elr1e-3": ("flow_tilted", {"energy_learning_rate": 1e-3}),
-    "tilted_elr1e-4": ("flow_tilted", {"energy_learning_rate": 1e-4}),
     "tilted_rv_floor": ("flow_tilted", {"min_rv_multiplier": 0.5}),
     "tilted_no_rv": ("flow_tilted", {"max_rv_multiplier": 0.0}),
 }

@@ -29,7 +29,7 @@ from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import refresh_spectral_norm
 from sbi_jeffreys.objective import MULTIPLIERS, DualState, Terms, constraint_slacks, primal_surrogate
 from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
-from sbi_jeffreys.trainer_state import TrainerState, TrainingDivergedError, _clone
+from sbi_jeffreys.trainer_state import TrainerState, TrainingDivergedError, clone_state
 
 __all__ = ["JeffreysConfig", "JeffreysTrainer", "TrainingDivergedError", "check_data", "warm_start_energy"]
 
@@ -302,8 +302,8 @@ class JeffreysTrainer(TrainerState):
                 self.best = {
                     "metric": record[monitor],
                     "epoch": self.epoch,
-                    "flow": _clone(self.flow.state_dict()),
-                    "energy": _clone(self.energy.state_dict()),
+                    "flow": clone_state(self.flow.state_dict()),
+                    "energy": clone_state(self.energy.state_dict()),
                 }
             if on_log is not None:
                 on_log(self.epoch, record)

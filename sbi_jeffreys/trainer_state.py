@@ -91,7 +91,7 @@ class TrainerState:
 
     # ------------------------------------------------------------------ state
     def _snapshot(self) -> dict:
-        return _clone(
+        return clone_state(
             {
                 "flow": self.flow.state_dict(),
                 "energy": self.energy.state_dict(),
@@ -107,7 +107,7 @@ class TrainerState:
     def _restore(self, snap: dict) -> None:
         # optimizers' load_state_dict keeps references to the given tensors: restore a copy, else
         # the next steps mutate the snapshot in place (and a second rollback restores garbage)
-        snap = _clone(snap)
+        snap = clone_state(snap)
         self.flow.load_state_dict(snap["flow"])
         self.energy.load_state_dict(snap["energy"])
         self.dual.load_state_dict(snap["dual"])
@@ -162,11 +162,12 @@ class TrainerState:
         self.load_state_dict(torch.load(path, weights_only=True, map_location=self.dual.lam.device))
 
 
-def _clone(tree):
+def clone_state(tree):
+    """A deep copy of a (nested) state: tensors detached and cloned."""
     if isinstance(tree, Tensor):
         return tree.detach().clone()
     if isinstance(tree, dict):
-        return {k: _clone(v) for k, v in tree.items()}
+        return {k: clone_state(v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(v) for v in tree)
+        return type(tree)(clone_state(v) for v in tree)
     return copy.deepcopy(tree)

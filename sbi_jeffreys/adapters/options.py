@@ -12,7 +12,7 @@ default is the field's) or whole, ``train(options=JeffreysOptions.paper_d4())``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from sbi_jeffreys.engine import JeffreysConfig
@@ -102,10 +102,6 @@ class JeffreysOptions:
     def differences(self, other: "JeffreysOptions") -> dict[str, object]:
         """The fields whose value differs from ``other``'s (``{name: value}``)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)}
-
-    def replace(self, **changes) -> "JeffreysOptions":
-        """A copy with ``changes``."""
-        return replace(self, **changes)
 
     def engine_config(self, learning_rate: float, clip_max_norm: float | None, temperature: float) -> JeffreysConfig:
         """The engine's configuration: the one place where sbi-style names meet the engine's."""

@@ -21,7 +21,7 @@ lines; the base holds everything sbi's ``NeuralPosterior`` API asks of both.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from sbi.inference.posteriors.base_posterior import NeuralPosterior
@@ -122,15 +122,21 @@ class ProxyPosterior(NeuralPosterior):
     def _inside(self, theta: Tensor) -> Tensor:
         return within_support(self.prior, theta.reshape(-1, theta.shape[-1])).reshape(theta.shape[:-1])
 
+    @torch.no_grad()
+    def _draw_inside(self, draw: Callable[[], Tensor], to_theta: Callable[[Tensor], Tensor] = lambda t: t) -> Tensor:
+        """``draw()`` ``(n, B, ·)``, with the entries whose ``to_theta`` image lies outside the
+        prior's support drawn again (at most 100 times)."""
+        sample = draw()
+        for _ in range(100):
+            bad = ~self._inside(to_theta(sample))
+            if not bad.any():
+                break
+            sample = torch.where(bad.unsqueeze(-1), draw(), sample)
+        return sample
+
     def _init(self, n: int, x: Tensor) -> Tensor:
         """Flow samples ``(n, B, d)``, resampled until inside the prior's support."""
-        with torch.no_grad():
-            init = self.flow.sample((n,), x)
-            for _ in range(100):
-                bad = ~self._inside(init)
-                if not bad.any():
-                    break
-                init = torch.where(bad.unsqueeze(-1), self.flow.sample((n,), x), init)
+        init = self._draw_inside(lambda: self.flow.sample((n,), x))
         if self._bounds is not None:
             low, high = (b.to(init.device) for b in self._bounds)
             init = torch.minimum(torch.maximum(init, low), high)
@@ -289,13 +295,8 @@ class LangevinPosterior(ProxyPosterior):
             logp = None if tilted else self.flow.log_prob(theta, x)
             return -0.5 * u.pow(2).sum(-1) + self._log_weights(theta, logp, x)
 
-        with torch.no_grad():  # base noise whose image lies inside the support
-            u = torch.randn(n, x.shape[0], self._theta_dim(x), device=x.device)
-            for _ in range(100):
-                bad = ~self._inside(transform(u))
-                if not bad.any():
-                    break
-                u = torch.where(bad.unsqueeze(-1), torch.randn_like(u), u)
+        shape = (n, x.shape[0], *self.flow.input_shape)  # base noise whose image lies inside the support
+        u = self._draw_inside(lambda: torch.randn(shape, device=x.device), transform)
         u, rate = mala(
             log_density,
             u,
@@ -307,10 +308,6 @@ class LangevinPosterior(ProxyPosterior):
         self.acceptance_rate = rate
         with torch.no_grad():
             return transform(u)
-
-    def _theta_dim(self, x: Tensor) -> int:
-        with torch.no_grad():
-            return int(self.flow.sample((1,), x[:1]).shape[-1])
 
 
 class ImportancePosterior(ProxyPosterior):

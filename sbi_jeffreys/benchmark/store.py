@@ -61,12 +61,12 @@ def _key(row: Mapping[str, Any]) -> Key:
 # --------------------------------------------------------------------------- results store
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically, see :func:`_atomic_write_bytes`."""
-    _atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically, see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a fsynced temporary file and ``os.replace``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -139,5 +139,5 @@ class ResultStore:
             writer.writeheader()
             writer.writerows(old)
             writer.writerows(new)
-            _atomic_write_text(self.path, buffer.getvalue())
+            atomic_write_text(self.path, buffer.getvalue())
             return len(new)

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from sbi_jeffreys.benchmark.store import _atomic_write_bytes, _atomic_write_text
+from sbi_jeffreys.benchmark.store import atomic_write_bytes, atomic_write_text
 
 
 def _load_results(out: Path):
@@ -44,7 +44,7 @@ def write_summary(out: str | os.PathLike):
             for m, s in zip(summary["c2st_mean"], summary["c2st_sd"])
         ],
     )
-    _atomic_write_text(Path(out) / "summary.csv", summary.to_csv(index=False))
+    atomic_write_text(Path(out) / "summary.csv", summary.to_csv(index=False))
     return summary
 
 
@@ -100,5 +100,5 @@ def plot_c2st_vs_budget(out: str | os.PathLike, summary=None) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=150)
     plt.close(fig)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -44,6 +44,15 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from sbi_jeffreys.benchmark.c2st import get_c2st
+from sbi_jeffreys.benchmark.store import (  # re-exported: the sweep's API
+    KEY_COLUMNS,
+    MAX_REFERENCE_SAMPLES,
+    RESULT_COLUMNS,
+    Key,
+    ResultStore,
+    atomic_write_text,
+)
+from sbi_jeffreys.benchmark.summary import plot_c2st_vs_budget, write_summary
 from sbi_jeffreys.benchmark.tasks import TASKS, get_task
 from sbi_jeffreys.registry import get_method
 
@@ -60,16 +69,6 @@ __all__ = [
     "write_summary",
     "plot_c2st_vs_budget",
 ]
-
-from sbi_jeffreys.benchmark.store import (  # noqa: E402  (re-exported: the sweep's API)
-    KEY_COLUMNS,
-    MAX_REFERENCE_SAMPLES,
-    RESULT_COLUMNS,
-    Key,
-    ResultStore,
-    _atomic_write_text,
-)
-from sbi_jeffreys.benchmark.summary import plot_c2st_vs_budget, write_summary  # noqa: E402
 
 # --------------------------------------------------------------------------- units
 
@@ -403,7 +402,7 @@ def _check_config(out: Path, config: dict[str, Any]) -> None:
                 f"{config}. Use another output folder to keep results comparable."
             )
     else:
-        _atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def run_sweep(
