@@ -13,7 +13,9 @@ cell), with its log beside its results::
         --resume-from experiments/results/part1_h200/results.csv   # skip the cells already measured
 
 A configuration is JSON: ``{"description": ..., "env": {VAR: value}, "sweeps": [{"name": ...,
-"args": [...]}]}``. ``--only NAME ...`` starts a subset.
+"args": [...]}]}``. An entry may name another experiment script (``"script":
+"experiments/celeba_latent.py"``); it then gets ``--out`` and its args, the sweep script also
+``--no-progress``. ``--only NAME ...`` starts a subset.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SWEEP = "experiments/sbi_sweep.py"
 
 
 def load_config(path: Path) -> dict:
@@ -43,12 +46,13 @@ def commands(config: dict, out: Path, limit: int, only: list[str] | None) -> lis
     for sweep in config["sweeps"]:
         if only and sweep["name"] not in only:
             continue
+        script = sweep.get("script", SWEEP)
         cmd = [
             "timeout",
             str(limit),
             sys.executable,
-            str(ROOT / "experiments" / "sbi_sweep.py"),
-            "--no-progress",
+            str(ROOT / script),
+            *(["--no-progress"] if script == SWEEP else []),
             "--out",
             str(out / sweep["name"]),
             *map(str, sweep["args"]),
@@ -59,8 +63,10 @@ def commands(config: dict, out: Path, limit: int, only: list[str] | None) -> lis
 
 def status(out: Path, config: dict) -> None:
     for sweep in config["sweeps"]:
-        results = out / sweep["name"] / "results.csv"
+        folder = out / sweep["name"]
+        results = folder / "results.csv"
         rows = max(0, len(results.read_text().splitlines()) - 1) if results.exists() else 0
+        rows += (folder / "summary.json").exists()  # a single-result experiment (celeba_latent.py)
         log = out / f"{sweep['name']}.log"
         tail = log.read_text().strip().splitlines()[-1:] if log.exists() else ["(not started)"]
         print(f"{sweep['name']}: {rows} rows; {tail[0][:160] if tail else ''}")

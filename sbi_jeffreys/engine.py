@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.loss import step_terms
-from sbi_jeffreys.nets.ebm import refresh_spectral_norm
+from sbi_jeffreys.nets.ebm import is_flow_tilted, refresh_spectral_norm
 from sbi_jeffreys.objective import MULTIPLIERS, DualState, Terms, constraint_slacks, primal_surrogate
 from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
 from sbi_jeffreys.trainer_state import TrainerState, TrainingDivergedError, clone_state
@@ -123,6 +123,9 @@ class JeffreysTrainer(TrainerState):
         self.flow: Any = flow
         self.energy = energy
         self.config = config = config or JeffreysConfig()
+        if config.zeta_every > 1 and is_flow_tilted(energy):
+            # its log zeta = log E_p[e^g] needs samples of the current flow, not a stale draw
+            raise ValueError("The flow-tilted proxy needs zeta_every=1 (fresh zeta samples every step).")
         device = next(flow.parameters()).device
         fixed = config.fixed_weights is not None  # (P-W): the multipliers frozen at the weights
         self.dual = DualState(

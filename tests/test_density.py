@@ -184,3 +184,36 @@ def test_density2d_script(tmp_path):
     # a re-run reuses the finished job instead of training again
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0 and "Reusing 1 finished job" in res.stdout
+
+
+def test_flow_tilted_density_proxy_starts_at_the_flow_and_learns(ring8):
+    train, test = ring8
+    est = JeffreysDensityEstimator(2, **SMALL, energy="flow_tilted", seed=0, num_zeta_samples=256)
+    est.build(train)
+    # g = 0 at the start: q = p exactly, zeta = 1, resampling weights uniform
+    assert float(est.log_zeta(2000)) == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(est.proxy_log_prob(test[:50]), est.log_prob(test[:50]), atol=1e-5)
+    samples, ess = est.sample_proxy(100)
+    assert samples.shape == (100, 2) and ess == pytest.approx(1.0, abs=1e-4)
+    est.fit(train, iterations=150, test=test, eval_every=50, show_progress=False)
+    hist = est.history
+    assert all(math.isfinite(v) for v in hist["val_nll_q"])
+    assert est.sample_proxy(200)[1] < 0.9999  # g moved: the weights are no longer uniform
+
+
+def test_flow_tilted_density_rejects_what_it_does_not_need():
+    with pytest.raises(ValueError, match="no temperature or warm start"):
+        JeffreysDensityEstimator(2, energy="flow_tilted", temperature=0.01)
+    with pytest.raises(ValueError, match="energy must be"):
+        JeffreysDensityEstimator(2, energy="free")
+    est = JeffreysDensityEstimator(2, energy="flow_tilted", zeta_every=10)
+    with pytest.raises(ValueError, match="zeta_every=1"):
+        est.build(torch.randn(20, 2))
+
+
+def test_fit_metrics_hook_joins_the_history(ring8):
+    train, _ = ring8
+    calls = iter(range(100))
+    est = JeffreysDensityEstimator(2, **SMALL, seed=0, num_zeta_samples=64)
+    est.fit(train, iterations=20, eval_every=10, show_progress=False, metrics=lambda: {"calls": float(next(calls))})
+    assert est.history["calls"] == [0.0, 1.0]

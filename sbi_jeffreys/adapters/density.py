@@ -29,10 +29,12 @@ import torch
 from torch import Tensor
 
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, check_data, warm_start_energy
-from sbi_jeffreys.nets import ResidualEnergy, UnconditionalFlow, build_nsf
+from sbi_jeffreys.nets import FlowTiltedEnergy, ResidualEnergy, UnconditionalFlow, build_nsf, proxy_log_density
 from sbi_jeffreys.objective import log_partition
 
-__all__ = ["JeffreysDensityEstimator", "build_flow", "training_plan", "epoch_batches"]
+__all__ = ["ENERGIES", "JeffreysDensityEstimator", "build_flow", "training_plan", "epoch_batches"]
+
+ENERGIES = ("residual", "flow_tilted")
 
 # A monitor name the engine never produces: JeffreysTrainer.fit then keeps no "best" state and
 # leaves the LAST state in place (the paper reports best and last test NLL from the curves).
@@ -45,13 +47,18 @@ def _standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def build_flow(
-    train: Tensor, transforms: int = 5, bins: int = 8, hidden: Sequence[int] = (64, 64)
+    train: Tensor,
+    transforms: int = 5,
+    bins: int = 8,
+    hidden: Sequence[int] = (64, 64),
+    passes: int | None = None,
 ) -> UnconditionalFlow:
-    r"""The NSF of App. C.1/D.2 (5 transforms, 8 bins) behind the engine's ``(S, C, d)``
-    interface, with the training data's z-scoring as a fixed affine first layer (so that
-    ``log_prob`` is the density of the raw data)."""
+    r"""The NSF of App. C.1/D.2 (5 transforms, 8 bins; ``passes=2``: coupling, see
+    :func:`~sbi_jeffreys.nets.build_nsf`) behind the engine's ``(S, C, d)`` interface, with the
+    training data's z-scoring as a fixed affine first layer (so that ``log_prob`` is the
+    density of the raw data)."""
     shift, scale = _standardisation(train)
-    nsf = build_nsf(train.shape[1], 0, transforms=transforms, bins=bins, hidden_features=hidden)
+    nsf = build_nsf(train.shape[1], 0, transforms=transforms, bins=bins, hidden_features=hidden, passes=passes)
     return UnconditionalFlow(nsf, train.shape[1], shift=shift, scale=scale)
 
 
@@ -102,7 +109,13 @@ class JeffreysDensityEstimator:
     Args:
         features: the data dimension ``d``.
         flow_transforms, flow_bins, flow_hidden: the NSF :math:`p_\theta` (App. C.1; D.2: 5, 8).
+        flow_passes: ``None`` autoregressive (the paper's), ``2`` coupling (fast sampling in
+            high dimensions, e.g. the 100-D latents of §5.3).
         energy_width, energy_blocks: the residual-MLP EBM :math:`f_\psi` (Alg. 4; D.2: 64, 6).
+        energy: ``"residual"``, the paper's free EBM :math:`f_\psi` (Alg. 4), or ``"flow_tilted"``,
+            :math:`f_\psi = \log p_{\bar\theta} + g_\psi` with the same network as :math:`g_\psi`
+            started at 0 (beyond the paper, as JeffreysNPE's default proxy: :math:`q = p`,
+            :math:`\zeta = 1` at the start, no temperature or warm start needed).
         temperature: the EBM temperature :math:`T` of B.8 (1 in 2D).
         warm_start_steps: B.8 warm start of :math:`f_\psi/T` onto :math:`\log p_\theta` before
             training (0: none, as in D.2).
@@ -127,8 +140,10 @@ class JeffreysDensityEstimator:
         flow_transforms: int = 5,
         flow_bins: int = 8,
         flow_hidden: Sequence[int] = (64, 64),
+        flow_passes: int | None = None,
         energy_width: int = 64,
         energy_blocks: int = 6,
+        energy: str = "residual",
         temperature: float = 1.0,
         warm_start_steps: int = 0,
         device: str | torch.device = "cpu",
@@ -139,17 +154,25 @@ class JeffreysDensityEstimator:
             raise ValueError(f"features must be a positive int, got {features!r}.")
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature!r}.")
+        if energy not in ENERGIES:
+            raise ValueError(f"energy must be one of {ENERGIES}, got {energy!r}.")
+        if energy == "flow_tilted" and (temperature != 1.0 or warm_start_steps):
+            raise ValueError("The flow-tilted proxy starts at q = p: it takes no temperature or warm start.")
+        self.energy_kind = energy
         self.features = features
-        self.flow_kwargs: dict[str, Any] = dict(transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden))
+        self.flow_kwargs: dict[str, Any] = dict(
+            transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden), passes=flow_passes
+        )
         self.energy_kwargs: dict[str, Any] = dict(width=energy_width, blocks=energy_blocks, temperature=temperature)
         self.warm_start_steps = warm_start_steps
         self.device = torch.device(device)
         self.seed = seed
         self.config = JeffreysConfig(**config_kwargs)  # fails early on bad hyper-parameters
         self.flow: UnconditionalFlow | None = None
-        self.energy: ResidualEnergy | None = None
+        self.energy: ResidualEnergy | FlowTiltedEnergy | None = None
         self.trainer: JeffreysTrainer | None = None
         self.timing: dict[str, float] = {}
+        self.warm_start: dict[str, float] = {}  # B.8 warm start: its last MSE and the log zeta after it
         self._steps_per_epoch = 1
 
     # ------------------------------------------------------------------ training
@@ -161,7 +184,9 @@ class JeffreysDensityEstimator:
             torch.manual_seed(self.seed)
         mean, std = _standardisation(train)
         self.flow = flow = build_flow(train, **self.flow_kwargs).to(self.device)
-        self.energy = energy = ResidualEnergy(self.features, mean=mean, std=std, **self.energy_kwargs).to(self.device)
+        tilted = self.energy_kind == "flow_tilted"
+        net = ResidualEnergy(self.features, mean=mean, std=std, zero_head=tilted, **self.energy_kwargs)
+        self.energy = energy = (FlowTiltedEnergy(net) if tilted else net).to(self.device)
         self.trainer = trainer = JeffreysTrainer(flow, energy, self.config)
         return trainer
 
@@ -176,6 +201,7 @@ class JeffreysDensityEstimator:
         show_progress: bool = True,
         checkpoint_path: str | os.PathLike | None = None,
         resume: bool = False,
+        metrics: Callable[[], dict[str, float]] | None = None,
     ) -> "JeffreysDensityEstimator":
         r"""Train :math:`p_\theta` and :math:`q_\psi` for ``iterations`` GDA steps (Algorithm 3).
 
@@ -190,6 +216,8 @@ class JeffreysDensityEstimator:
             checkpoint_path: if given, the full training state is saved there (atomically) at
                 every evaluation; with ``resume=True`` and an existing file, training continues
                 from it (same data and settings expected).
+            metrics: called at every evaluation (e.g. the FID of decoded samples); the finite
+                floats it returns join the history under their own names.
 
         The final networks are those of the LAST step (not the best under the test NLL: the
         paper reports both best and last test NLL, read them off :attr:`history`). A divergence
@@ -205,21 +233,23 @@ class JeffreysDensityEstimator:
         if resume and path is not None and os.path.exists(path):
             trainer.load(path)
         elif self.warm_start_steps > 0:
-            warm_start_energy(
+            mse = warm_start_energy(
                 trainer.flow,
                 trainer.energy,
                 None,
                 steps=self.warm_start_steps,
                 num_samples=min(self.config.num_zeta_samples, 1024),
             )
+            self.warm_start = {"mse": mse, "log_zeta": float(self.log_zeta(self.config.num_zeta_samples))}
 
         eval_seconds = 0.0
 
         def validate() -> dict[str, float]:
             nonlocal eval_seconds
-            assert test is not None  # only passed to fit() when there is test data
             t0 = time.perf_counter()
-            out = trainer.evaluate(test)
+            out = {} if test is None else trainer.evaluate(test)
+            if metrics is not None:
+                out.update(metrics())
             eval_seconds += time.perf_counter() - t0
             return out
 
@@ -227,7 +257,7 @@ class JeffreysDensityEstimator:
         trainer.fit(
             epoch_batches(train, batch_size),
             max_epochs,
-            validate=None if test is None else validate,
+            validate=None if test is None and metrics is None else validate,
             monitor=_NO_MONITOR,
             log_every=log_every,
             show_progress=show_progress,
@@ -249,7 +279,7 @@ class JeffreysDensityEstimator:
         return hist
 
     # ------------------------------------------------------------------ evaluation
-    def _fitted(self) -> tuple[UnconditionalFlow, ResidualEnergy]:
+    def _fitted(self) -> tuple[UnconditionalFlow, ResidualEnergy | FlowTiltedEnergy]:
         if self.flow is None or self.energy is None:
             raise RuntimeError("The estimator is not fitted yet: call fit() first.")
         self.flow.eval(), self.energy.eval()  # spectral norm: no power iteration at evaluation
@@ -270,16 +300,31 @@ class JeffreysDensityEstimator:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         y, logp = flow.sample_and_log_prob((num_samples,))
-        return log_partition(energy(y), logp)[0]
+        return log_partition(proxy_log_density(flow, energy, y, None), logp)[0]
 
     @torch.no_grad()
     def proxy_log_prob(self, x: Tensor, num_samples: int = 10_000) -> Tensor:
         r"""Quasi-normalized EBM density :math:`\log\tilde q_\psi(x) = f_\psi(x)/T - \log\hat\zeta_\psi`
         with a fresh :meth:`log_zeta` estimate from ``num_samples`` flow samples; ``(N, d) -> (N,)``."""
-        _, energy = self._fitted()
+        flow, energy = self._fitted()
         z = as_data(x, self.features, self.device, "x")
         log_zeta = self.log_zeta(num_samples)
-        return (chunked(lambda b: energy(b.unsqueeze(0))[0], z) - log_zeta).to(x.device)
+        return (chunked(lambda b: proxy_log_density(flow, energy, b.unsqueeze(0), None)[0], z) - log_zeta).to(x.device)
+
+    @torch.no_grad()
+    def sample_proxy(self, n: int, oversampling: int = 16) -> tuple[Tensor, float]:
+        r"""``n`` approximate samples of :math:`q_\psi` by sampling-importance-resampling from
+        ``oversampling * n`` flow samples with weights :math:`e^{f_\psi/T}/p_\theta` (for the
+        flow-tilted proxy :math:`e^{g_\psi}`), and the normalized effective sample size of the
+        weights (1: q = p; near 0: the proxy lives where the flow does not sample)."""
+        flow, energy = self._fitted()
+        if not isinstance(n, int) or n < 1 or oversampling < 1:
+            raise ValueError(f"n and oversampling must be positive ints, got {n!r}, {oversampling!r}.")
+        y, logp = flow.sample_and_log_prob((n * oversampling,))
+        logw = chunked(lambda b: proxy_log_density(flow, energy, b, None), y) - logp
+        w = torch.softmax(logw[:, 0], 0)
+        ess = float(1.0 / w.pow(2).sum()) / len(w)
+        return y[torch.multinomial(w, n, replacement=True), 0, :], ess
 
     @torch.no_grad()
     def sample(self, n: int) -> Tensor:

