@@ -57,6 +57,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from sbi_jeffreys.adapters.density import JeffreysDensityEstimator  # noqa: E402
 from sbi_jeffreys.baselines import NFDensityEstimator, PenaltyDensityEstimator, WGANGPDensityEstimator  # noqa: E402
+from sbi_jeffreys.baselines.stacked import fit_stacked  # noqa: E402
 from sbi_jeffreys.datasets import DATASETS, load_toy2d, plot_range, true_log_prob  # noqa: E402
 from sbi_jeffreys.engine import TrainingDivergedError  # noqa: E402
 
@@ -145,6 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " {0.2,0.5,1,2,5})",
     )
     p.add_argument(
+        "--stack-pw",
+        action="store_true",
+        help="train the P-W configurations of a job as one vectorized model (baselines/stacked.py)",
+    )
+    p.add_argument(
         "--wgan-lrs", nargs="*", type=float, default=[], help="WGAN-GP generator LRs (Fig. 3b: 1e-3 1e-5; critic 1e-5)"
     )
     args = p.parse_args(argv)
@@ -176,6 +182,7 @@ def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
         nf_lr=NF_LR,
         pw_weights=[[float(w) for w in pair.split(",")] for pair in args.pw_weights],
         wgan_lrs=list(args.wgan_lrs),
+        stack_pw=args.stack_pw,
     )
 
 
@@ -280,7 +287,9 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         out["maps"]["jeffreys_q"] = (q.exp() * area).reshape(GRID, GRID).tolist()
 
     # --- baselines of Fig. 2 and 3b: the penalty problem (P-W) and WGAN-GP
-    for w_fw, w_rv in settings.get("pw_weights", []):
+    if settings.get("stack_pw") and settings.get("pw_weights"):
+        run_stacked_pw(settings, arch, train, test, seed, record, progress)
+    for w_fw, w_rv in [] if settings.get("stack_pw") else settings.get("pw_weights", []):
         pw = PenaltyDensityEstimator(
             2, w_fw=w_fw, w_rv=w_rv, **arch, device=dev, seed=seed, cuda_graph=graph, **settings["config"]
         )
@@ -302,6 +311,30 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         if os.path.exists(path):
             os.remove(path)
     return out
+
+
+def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, progress: bool) -> None:
+    """Fig. 2's P-W configurations of one job as one vectorized model (common random numbers);
+    a configuration whose curve turns NaN is recorded as diverged."""
+    ests = {
+        f"pw_fw{w_fw:g}_rv{w_rv:g}": PenaltyDensityEstimator(
+            2, w_fw=w_fw, w_rv=w_rv, **arch, device=settings["device"], seed=seed, **settings["config"]
+        )
+        for w_fw, w_rv in settings["pw_weights"]
+    }
+    fit_stacked(
+        list(ests.values()),
+        train,
+        iterations=settings["iterations"],
+        test=test,
+        eval_every=settings["eval_every"],
+        show_progress=progress,
+    )
+    for model, est in ests.items():
+        log_zeta = est.history.get("val_log_zeta", [math.nan])
+        finite = all(math.isfinite(v) for v in est.history.get("val_nll_p", [math.nan]))
+        extra = dict(final_log_zeta=log_zeta[-1], max_abs_log_zeta=float(np.nanmax(np.abs(log_zeta))), stacked=True)
+        record(model, est, "val_nll_p", "ok" if finite else "diverged: NaN", extra)
 
 
 # ---------------------------------------------------------------------------- files

@@ -1,0 +1,216 @@
+r"""Many fixed-weight trainings as one vectorized model (the 25 P-W configurations of Fig. 2).
+
+The paper's 2D models are so small that a GPU step costs the host's kernel launches, not the
+device's arithmetic; K configurations stepped one after the other cost K times the launches.
+:class:`StackedTrainer` takes K :class:`~sbi_jeffreys.engine.JeffreysTrainer` of one
+architecture with *frozen* multipliers (``JeffreysConfig(fixed_weights=...)``, the penalty
+problem P-W) and steps them together: their parameters are stacked along a leading axis
+(``torch.func.stack_module_state``) and the engine's own surrogate (``loss.step_terms`` and
+``objective.primal_surrogate``, nothing re-implemented) is differentiated under
+``torch.func.vmap``. One Adam over the stacked tensors is exactly K independent Adams (Adam acts
+element by element). Spectral norm's power iteration runs vmapped on the stacked buffers.
+
+Random numbers are *common* across the K models (``vmap(randomness="same")``): every model sees
+the same base noise at a step, as a paired comparison of the weights would want; seeds differ
+only through the initial networks. With frozen multipliers there is no dual ascent, so only P-W
+stacks; the dual trainings run as they are.
+
+Example (two weight configurations on toy data):
+    >>> import torch
+    >>> from sbi_jeffreys.baselines import PenaltyDensityEstimator
+    >>> x = torch.randn(64, 2)
+    >>> trainers = [PenaltyDensityEstimator(2, w_fw=w, seed=0, num_zeta_samples=32).build(x) for w in (0.5, 2.0)]
+    >>> stacked = StackedTrainer(trainers)
+    >>> stats = stacked.step(x)
+    >>> stats["nll_p"].shape
+    torch.Size([2])
+    >>> stacked.unstack()  # the trained parameters back into each trainer's networks
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+from sbi_jeffreys.adapters.density import JeffreysDensityEstimator, as_data
+from sbi_jeffreys.engine import JeffreysTrainer
+from sbi_jeffreys.loss import step_terms
+from sbi_jeffreys.nets.ebm import refresh_spectral_norm
+from sbi_jeffreys.objective import primal_surrogate
+from sbi_jeffreys.objective.lagrangian import constraint_values
+
+__all__ = ["StackedTrainer", "fit_stacked"]
+
+# the configuration fields that must agree for K trainings to share one vectorized step
+_SHARED = (
+    "flow_lr",
+    "energy_lr",
+    "betas",
+    "flow_betas",
+    "num_zeta_samples",
+    "num_rv_samples",
+    "gradient_estimator",
+    "score_baseline",
+    "kl_weight",
+    "zeta_constraint",
+    "eps_zeta",
+    "zeta_every",
+    "clip_max_norm",
+)
+
+
+class _Pair(nn.Module):
+    """The flow and the energy of one training as one module, whose forward is the engine's step
+    objective: the surrogate of eqs. 15/18 for fixed multipliers, and its detached constraints."""
+
+    def __init__(self, flow: nn.Module, energy: nn.Module, trainer: JeffreysTrainer):
+        super().__init__()
+        self.flow, self.energy = flow, energy
+        self.config = trainer.config
+
+    def forward(self, x: Tensor, lam: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        cfg = self.config
+        reparam = cfg.gradient_estimator == "reparameterized"
+        t = step_terms(self.flow, self.energy, x, None, cfg.num_zeta_samples, cfg.num_rv_samples, reparam)
+        loss = primal_surrogate(t, lam, cfg.kl_weight, cfg.score_baseline, cfg.zeta_constraint, cfg.eps_zeta)
+        return loss, constraint_values(t, cfg.kl_weight)
+
+
+class _Refresh(nn.Module):
+    """One power iteration of the energy's spectral norms, as a forward (to vmap it)."""
+
+    def __init__(self, energy: nn.Module):
+        super().__init__()
+        self.energy = energy
+
+    def forward(self) -> Tensor:
+        refresh_spectral_norm(self.energy)
+        return torch.zeros(())
+
+
+class StackedTrainer:
+    """K unconditional fixed-weight trainings of one architecture, stepped as one vectorized model.
+
+    Args:
+        trainers: built trainers (e.g. ``PenaltyDensityEstimator(...).build(train)``) whose configs
+            have ``fixed_weights`` and agree on everything else that shapes the step.
+
+    The stacked parameters live here until :meth:`unstack` writes them back into the trainers'
+    networks (for evaluation, sampling, saving).
+    """
+
+    def __init__(self, trainers: Sequence[JeffreysTrainer]):
+        if not trainers:
+            raise ValueError("Give at least one trainer.")
+        first = trainers[0].config
+        for t in trainers:
+            if t.config.fixed_weights is None:
+                raise ValueError("Only frozen multipliers stack (JeffreysConfig(fixed_weights=...), P-W).")
+            if t.config.cuda_graph:
+                raise ValueError("Stack trainers built without cuda_graph.")
+            diff = [k for k in _SHARED if getattr(t.config, k) != getattr(first, k)]
+            if diff:
+                raise ValueError(f"The stacked trainings must share {diff}.")
+        if first.zeta_every != 1 or first.clip_max_norm is not None:
+            raise ValueError("StackedTrainer supports zeta_every=1 and no gradient clipping.")
+        self.trainers = list(trainers)
+        pairs = [_Pair(t.flow, t.energy, t) for t in trainers]
+        params, self.buffers = stack_module_state(pairs)  # copies: the trainers' networks stay as built
+        self.params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        self.lam = torch.stack([t.dual.value.detach().clone() for t in trainers])
+        self._pair = copy.deepcopy(pairs[0]).to("meta")
+        self._refresh = _Refresh(self._pair.energy)
+        cfg = first
+        flow_params = [v for k, v in self.params.items() if k.startswith("flow.")]
+        energy_params = [v for k, v in self.params.items() if k.startswith("energy.")]
+        self.opt_flow = torch.optim.Adam(flow_params, lr=cfg.flow_lr, betas=cfg.flow_betas or cfg.betas)
+        self.opt_energy = torch.optim.Adam(energy_params, lr=cfg.energy_lr, betas=cfg.betas)
+        self._grad = vmap(grad(self._loss, has_aux=True), in_dims=(0, 0, 0, None), randomness="same")
+        self.step_count = 0
+
+    def __len__(self) -> int:
+        return len(self.trainers)
+
+    def _loss(self, params, buffers, lam, x):
+        return functional_call(self._pair, (params, buffers), (x, lam))
+
+    def _refresh_spectral_norm(self) -> None:
+        params = {k: v.detach() for k, v in self.params.items() if k.startswith("energy.")}
+        buffers = {k: v for k, v in self.buffers.items() if k.startswith("energy.")}
+        # the power iteration writes into the stacked buffers in place
+        vmap(lambda p, b: functional_call(self._refresh, (p, b), ()), randomness="same")(params, buffers)
+
+    def gradients(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The surrogate's gradients for every stacked parameter (leading axis K) on the batch
+        ``x``, and the detached constraint values (each ``(K,)``); no parameter moves."""
+        return self._grad(self.params, self.buffers, self.lam, x)
+
+    def step(self, x: Tensor) -> dict[str, Tensor]:
+        """One descent step of every training on the batch ``x`` (shared); returns the detached
+        constraint values of the step, each of shape ``(K,)``."""
+        self._refresh_spectral_norm()
+        grads, stats = self.gradients(x)
+        for key, p in self.params.items():
+            p.grad = grads[key]
+        self.opt_flow.step()
+        self.opt_energy.step()
+        self.step_count += 1
+        return stats
+
+    @torch.no_grad()
+    def unstack(self) -> None:
+        """Write the stacked parameters and buffers back into each trainer's flow and energy."""
+        for k, trainer in enumerate(self.trainers):
+            pair = _Pair(trainer.flow, trainer.energy, trainer)
+            state = {**{n: v[k] for n, v in self.params.items()}, **{n: v[k] for n, v in self.buffers.items()}}
+            pair.load_state_dict(state, strict=False)
+
+
+def fit_stacked(
+    estimators: Sequence[JeffreysDensityEstimator],
+    train: Tensor,
+    *,
+    iterations: int,
+    test: Tensor | None = None,
+    eval_every: int = 100,
+    show_progress: bool = True,
+) -> StackedTrainer:
+    """Fit fixed-weight estimators (e.g. the 25 :class:`~sbi_jeffreys.baselines.PenaltyDensityEstimator`
+    of Fig. 2) on full batches of ``train`` as one :class:`StackedTrainer`.
+
+    Every ``eval_every`` steps and at the end the parameters are written back and each
+    estimator's own trainer evaluates ``test`` (``val_nll_p``, ``val_log_zeta``...), so each
+    estimator ends with the ``history`` and ``log_prob`` it would have after its own ``fit``.
+    A training that turns NaN only fills its own history with NaN (the K models share nothing).
+    ``timing["seconds"]`` is the stack's wall-clock time, the same for all K.
+    """
+    if iterations < 1 or eval_every < 1:
+        raise ValueError(f"iterations and eval_every must be >= 1, got {iterations}, {eval_every}.")
+    x = as_data(train, estimators[0].features, estimators[0].device, "train")
+    stacked = StackedTrainer([est.build(x) for est in estimators])
+    eval_seconds, start = 0.0, time.perf_counter()
+    for it in tqdm(range(1, iterations + 1), disable=not show_progress, desc=f"{len(stacked)} stacked"):
+        stats = stacked.step(x)
+        if it % eval_every and it < iterations:
+            continue
+        t0 = time.perf_counter()
+        stacked.unstack()
+        for k, trainer in enumerate(stacked.trainers):
+            record = {key: float(v[k]) for key, v in stats.items()}
+            if test is not None:
+                record.update(trainer.evaluate(as_data(test, estimators[k].features, estimators[k].device, "test")))
+            record["epoch"] = float(it)
+            trainer.epoch = trainer.step_count = it
+            for key, v in record.items():
+                trainer.history.setdefault(key, []).append(v)
+        eval_seconds += time.perf_counter() - t0
+    seconds = time.perf_counter() - start
+    for est in estimators:
+        est.timing = {"seconds": seconds, "eval_seconds": eval_seconds}
+    return stacked
