@@ -146,6 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         " {0.2,0.5,1,2,5})",
     )
     p.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="train only the --pw-weights and --wgan-lrs baselines (not the NF and the dual), e.g. as a GPU job",
+    )
+    p.add_argument(
         "--stack-pw",
         action="store_true",
         help="train the P-W configurations of a job as one vectorized model (baselines/stacked.py)",
@@ -183,6 +188,7 @@ def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
         pw_weights=[[float(w) for w in pair.split(",")] for pair in args.pw_weights],
         wgan_lrs=list(args.wgan_lrs),
         stack_pw=args.stack_pw,
+        baselines_only=args.baselines_only,
     )
 
 
@@ -247,44 +253,45 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
             )
         )
 
-    # --- NF baseline first (it is the faster one): the same flow by maximum likelihood (same
-    # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
-    graph = settings.get("cuda_graph", False)
-    nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed, cuda_graph=graph)
-    try:
-        nf.fit(train, **common)
-        status = "ok"
-    except TrainingDivergedError as err:
-        status = f"diverged: {err}"
-    record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan))
-    if status == "ok":
-        out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
     partial = os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json")
-    _write_json(partial, out)
-
-    # --- Jeffreys: p_theta and the quasi-normalized q_psi
     ckpt = os.path.join(job_dir, f"{dataset}_seed{seed}.ckpt")
-    jeff = JeffreysDensityEstimator(
-        2,
-        **arch,
-        warm_start_steps=settings["warm_start_steps"],
-        device=dev,
-        seed=seed,
-        cuda_graph=graph,
-        **settings["config"],
-    )
-    try:
-        jeff.fit(train, **common, checkpoint_path=ckpt, resume=True)
-        status = "ok"
-    except TrainingDivergedError as err:
-        status = f"diverged: {err}"
-    extra = dict(final_log_zeta=jeff.history["val_log_zeta"][-1] if status == "ok" else math.nan)
-    record("jeffreys_p", jeff, "val_nll_p", status, extra)
-    record("jeffreys_q", jeff, "val_nll_q", status, extra)
-    if status == "ok":
-        out["maps"]["jeffreys_p"] = (jeff.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
-        q = jeff.proxy_log_prob(grid, num_samples=max(10_000, settings["config"]["num_zeta_samples"]))
-        out["maps"]["jeffreys_q"] = (q.exp() * area).reshape(GRID, GRID).tolist()
+    graph = settings.get("cuda_graph", False)
+    if not settings.get("baselines_only"):
+        # --- NF baseline first (it is the faster one): the same flow by maximum likelihood (same
+        # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
+        nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed, cuda_graph=graph)
+        try:
+            nf.fit(train, **common)
+            status = "ok"
+        except TrainingDivergedError as err:
+            status = f"diverged: {err}"
+        record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan))
+        if status == "ok":
+            out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
+        _write_json(partial, out)
+
+        # --- Jeffreys: p_theta and the quasi-normalized q_psi
+        jeff = JeffreysDensityEstimator(
+            2,
+            **arch,
+            warm_start_steps=settings["warm_start_steps"],
+            device=dev,
+            seed=seed,
+            cuda_graph=graph,
+            **settings["config"],
+        )
+        try:
+            jeff.fit(train, **common, checkpoint_path=ckpt, resume=True)
+            status = "ok"
+        except TrainingDivergedError as err:
+            status = f"diverged: {err}"
+        extra = dict(final_log_zeta=jeff.history["val_log_zeta"][-1] if status == "ok" else math.nan)
+        record("jeffreys_p", jeff, "val_nll_p", status, extra)
+        record("jeffreys_q", jeff, "val_nll_q", status, extra)
+        if status == "ok":
+            out["maps"]["jeffreys_p"] = (jeff.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
+            q = jeff.proxy_log_prob(grid, num_samples=max(10_000, settings["config"]["num_zeta_samples"]))
+            out["maps"]["jeffreys_q"] = (q.exp() * area).reshape(GRID, GRID).tolist()
 
     # --- baselines of Fig. 2 and 3b: the penalty problem (P-W) and WGAN-GP
     if settings.get("stack_pw") and settings.get("pw_weights"):
@@ -374,12 +381,17 @@ def map_mass(job: dict, model: str) -> float:
     return float(np.sum(grid)) if grid is not None else math.nan
 
 
+def present_models(jobs: list[dict]) -> list[str]:
+    """The models the jobs trained, in order (NF and the dual first, then the baselines)."""
+    return list(dict.fromkeys(r["model"] for j in jobs for r in j["rows"]))
+
+
 def summarize(jobs: list[dict]) -> list[dict]:
     """Mean ± sd over seeds of best and last test NLL per dataset x model."""
     out = []
     for dataset in dict.fromkeys(j["dataset"] for j in jobs):
         true = [j["true_test_nll"] for j in jobs if j["dataset"] == dataset and j["true_test_nll"] is not None]
-        for model in MODELS:
+        for model in present_models([j for j in jobs if j["dataset"] == dataset]):
             rows = [r for j in jobs if j["dataset"] == dataset for r in j["rows"] if r["model"] == model]
             best = np.array([r["best_test_nll"] for r in rows], dtype=float)
             last = np.array([r["last_test_nll"] for r in rows], dtype=float)
@@ -405,21 +417,18 @@ def summarize(jobs: list[dict]) -> list[dict]:
 
 def summary_markdown(summary: list[dict]) -> str:
     fmt = lambda m, s: "n/a" if not math.isfinite(m) else (f"{m:.3f}" if not math.isfinite(s) else f"{m:.3f} ± {s:.3f}")  # noqa: E731
-    head = "| dataset | " + " | ".join(f"{m} best | {m} last" for m in MODELS) + " | true density |"
     lines = [
         "Test NLL (nats, lower is better), mean ± sd over seeds; best = lowest value on the curve.",
         "",
-        head,
-        "|" + "---|" * (2 * len(MODELS) + 2),
+        "| dataset | model | best | last | seeds | diverged |",
+        "|---|---|---|---|---|---|",
     ]
     for dataset in dict.fromkeys(s["dataset"] for s in summary):
-        cells = {s["model"]: s for s in summary if s["dataset"] == dataset}
-        row = [
-            fmt(cells[m]["best_mean"], cells[m]["best_sd"]) + " | " + fmt(cells[m]["last_mean"], cells[m]["last_sd"])
-            for m in MODELS
-        ]
-        true = cells[MODELS[0]]["true_test_nll"]
-        lines.append(f"| {dataset} | " + " | ".join(row) + f" | {fmt(true, math.nan)} |")
+        cells = [s for s in summary if s["dataset"] == dataset]
+        for c in cells:
+            best, last = fmt(c["best_mean"], c["best_sd"]), fmt(c["last_mean"], c["last_sd"])
+            lines.append(f"| {dataset} | {c['model']} | {best} | {last} | {c['seeds']} | {c['diverged']} |")
+        lines.append(f"| {dataset} | true density | {fmt(cells[0]['true_test_nll'], math.nan)} | | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -446,7 +455,8 @@ def plot_density_maps(jobs: list[dict], path: Path) -> None:
             if model in job["maps"]:
                 ax.contourf(xs, ys, np.asarray(job["maps"][model]), levels=20, cmap="viridis")
             else:
-                ax.text(0.5, 0.5, "diverged", ha="center", transform=ax.transAxes)
+                ran = any(r["model"] == model for r in job["rows"])
+                ax.text(0.5, 0.5, "diverged" if ran else "not run", ha="center", transform=ax.transAxes)
         for ax, title in zip(row, titles):
             ax.set(xlim=(x0, x1), ylim=(y0, y1), aspect="equal", xticks=[], yticks=[])
             ax.set_title(f"{dataset}: {title}" if ax is row[0] else title, fontsize=10)
@@ -468,7 +478,11 @@ def plot_curves(jobs: list[dict], path: Path) -> None:
     for ax, dataset in zip(axes[0], datasets):
         finite = []
         for model in MODELS:
-            per_seed = [j["curves"][model] for j in jobs if j["dataset"] == dataset and j["curves"][model]["iteration"]]
+            per_seed = [
+                j["curves"][model]
+                for j in jobs
+                if j["dataset"] == dataset and model in j["curves"] and j["curves"][model]["iteration"]
+            ]
             if not per_seed:
                 continue
             n = min(len(c["iteration"]) for c in per_seed)
@@ -528,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = [
         dict(dataset=j["dataset"], seed=j["seed"], model=m, iteration=i, test_nll=v)
         for j in jobs
-        for m in MODELS
+        for m in j["curves"]
         for i, v in zip(j["curves"][m]["iteration"], j["curves"][m]["test_nll"])
     ]
     summary = summarize(jobs)
