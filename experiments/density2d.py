@@ -14,7 +14,8 @@ and writes into ``--out``:
 * ``results.csv``: one row per (dataset, seed, model) with the best and last test NLL of the
   curve, iterations, wall-clock seconds (training + evaluations), iterations per second
   (training only), the device and the mass of the final density on the plotted square;
-* ``curves.csv``: ``dataset, seed, model, iteration, test_nll``;
+* ``curves.csv``: ``dataset, seed, model, iteration, test_nll, log_zeta`` (held-out log ζ
+  estimate of the models that have a proxy, else empty);
 * ``summary.csv`` / ``summary.md``: mean ± sd over seeds of best and last test NLL;
 * ``density_maps.png``: D.2's 64x64 maps (pixel value :math:`p(x)\,A`, A the pixel area,
   filled contours) of the training data, :math:`p_\theta`, :math:`\tilde q_\psi` and NF (first seed);
@@ -234,7 +235,8 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
     def record(model: str, est, key: str, status: str, extra: dict) -> None:
         hist = est.history if status == "ok" else {}
         iters, nll = hist.get("iteration", []), hist.get(key, [])
-        out["curves"][model] = dict(iteration=iters, test_nll=nll)
+        log_zeta = hist.get("val_log_zeta", [math.nan] * len(iters))
+        out["curves"][model] = dict(iteration=iters, test_nll=nll, log_zeta=log_zeta)
         t = est.timing or dict(seconds=math.nan, eval_seconds=0.0)
         train_s = t["seconds"] - t["eval_seconds"]
         out["rows"].append(
@@ -540,10 +542,14 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [done[(d, s)] for d in args.datasets for s in args.seeds]
     rows = [dict(r, map_mass=map_mass(j, r["model"])) for j in jobs for r in j["rows"]]
     curves = [
-        dict(dataset=j["dataset"], seed=j["seed"], model=m, iteration=i, test_nll=v)
+        dict(dataset=j["dataset"], seed=j["seed"], model=m, iteration=i, test_nll=v, log_zeta=z)
         for j in jobs
         for m in j["curves"]
-        for i, v in zip(j["curves"][m]["iteration"], j["curves"][m]["test_nll"])
+        for i, v, z in zip(
+            j["curves"][m]["iteration"],
+            j["curves"][m]["test_nll"],
+            j["curves"][m].get("log_zeta", [math.nan] * len(j["curves"][m]["iteration"])),
+        )
     ]
     summary = summarize(jobs)
     write_csv(
@@ -566,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             "status",
         ],
     )
-    write_csv(out / "curves.csv", curves, ["dataset", "seed", "model", "iteration", "test_nll"])
+    write_csv(out / "curves.csv", curves, ["dataset", "seed", "model", "iteration", "test_nll", "log_zeta"])
     write_csv(out / "summary.csv", summary)
     md = summary_markdown(summary)
     tmp = out / "summary.md.tmp"

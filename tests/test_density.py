@@ -217,3 +217,40 @@ def test_fit_metrics_hook_joins_the_history(ring8):
     est = JeffreysDensityEstimator(2, **SMALL, seed=0, num_zeta_samples=64)
     est.fit(train, iterations=20, eval_every=10, show_progress=False, metrics=lambda: {"calls": float(next(calls))})
     assert est.history["calls"] == [0.0, 1.0]
+
+
+def test_gmm40_report_tables_and_checks_the_fig2_claim(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    fields = ["dataset", "seed", "model", "best_test_nll", "last_test_nll", "iterations", "device", "status"]
+    results = [
+        ("0", "jeffreys_p", 1.0, 1.2),
+        ("1", "jeffreys_p", 1.2, 1.4),
+        ("0", "pw_fw1_rv1", 1.5, 1.5),
+        ("0", "pw_fw5_rv1", 0.9, 1.6),
+        ("0", "nf", 1.3, 1.3),
+    ]
+    with open(run / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        for seed, model, best, last in results:
+            w.writerow(dict(dataset="gmm40", seed=seed, model=model, best_test_nll=best, last_test_nll=last,
+                            iterations=2, device="cpu", status="ok"))  # fmt: skip
+    with open(run / "curves.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["dataset", "seed", "model", "iteration", "test_nll", "log_zeta"])
+        w.writeheader()
+        for seed, model, best, last in results:
+            for it, (nll, z) in enumerate([(last, -0.5), (best, 3.0 if model == "pw_fw5_rv1" else 0.1)]):
+                w.writerow(dict(dataset="gmm40", seed=seed, model=model, iteration=it + 1, test_nll=nll,
+                                log_zeta="" if model == "nf" else z))  # fmt: skip
+    script = ROOT / "experiments" / "gmm40_report.py"
+    subprocess.run([sys.executable, str(script), str(run), "--out", str(tmp_path / "out")], check=True)
+    with open(tmp_path / "out" / "table.csv") as fh:
+        cells = {r["model"]: r for r in csv.DictReader(fh)}
+    assert float(cells["jeffreys_p"]["best_mean"]) == pytest.approx(1.1) and cells["jeffreys_p"]["seeds"] == "2"
+    assert float(cells["pw_fw5_rv1"]["max_abs_log_zeta"]) == pytest.approx(3.0)
+    assert math.isnan(float(cells["nf"]["max_abs_log_zeta"]))
+    text = (tmp_path / "out" / "table.md").read_text()
+    assert "1 of 2 P-W configurations lower than the dual (pw_fw5_rv1)" in text  # best: 0.9 < 1.1
+    assert "0 of 2 P-W configurations lower than the dual" in text  # last: 1.5, 1.6 > 1.3
+    assert (tmp_path / "out" / "fig2_pw.png").exists() and (tmp_path / "out" / "fig3.png").exists()
