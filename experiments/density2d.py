@@ -297,7 +297,7 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
 
     # --- baselines of Fig. 2 and 3b: the penalty problem (P-W) and WGAN-GP
     if settings.get("stack_pw") and settings.get("pw_weights"):
-        run_stacked_pw(settings, arch, train, test, seed, record, progress)
+        run_stacked_pw(settings, arch, train, test, seed, record, progress, f"{ckpt}.pw")
     for w_fw, w_rv in [] if settings.get("stack_pw") else settings.get("pw_weights", []):
         pw = PenaltyDensityEstimator(
             2, w_fw=w_fw, w_rv=w_rv, **arch, device=dev, seed=seed, cuda_graph=graph, **settings["config"]
@@ -316,15 +316,15 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan))
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
-    for path in (ckpt, partial):
+    for path in (ckpt, f"{ckpt}.pw", partial):
         if os.path.exists(path):
             os.remove(path)
     return out
 
 
-def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, progress: bool) -> None:
-    """Fig. 2's P-W configurations of one job as one vectorized model (common random numbers);
-    a configuration whose curve turns NaN is recorded as diverged."""
+def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, progress: bool, ckpt: str) -> None:
+    """Fig. 2's P-W configurations of one job as one vectorized model (common random numbers,
+    resumable from ``ckpt``); a configuration whose curve turns NaN is recorded as diverged."""
     ests = {
         f"pw_fw{w_fw:g}_rv{w_rv:g}": PenaltyDensityEstimator(
             2, w_fw=w_fw, w_rv=w_rv, **arch, device=settings["device"], seed=seed, **settings["config"]
@@ -338,6 +338,8 @@ def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, p
         test=test,
         eval_every=settings["eval_every"],
         show_progress=progress,
+        checkpoint_path=ckpt,
+        resume=True,
     )
     for model, est in ests.items():
         log_zeta = est.history.get("val_log_zeta", [math.nan])

@@ -83,3 +83,21 @@ def test_fit_stacked_gives_each_estimator_its_history_and_learns():
         assert float(-est.log_prob(test).mean()) == pytest.approx(hist["val_nll_p"][-1], rel=1e-4)
         assert hist["val_nll_p"][-1] < initial - 0.1
         assert est.timing["seconds"] > 0
+
+
+def test_fit_stacked_resumes_exactly(tmp_path):
+    train, test = load_toy2d("ring8", num_train=128, num_test=200, seed=0)
+
+    def run(iterations, **kw):
+        ests = [PenaltyDensityEstimator(2, w_fw=a, w_rv=b, seed=0, **SMALL) for a, b in WEIGHTS[:2]]
+        torch.manual_seed(11)
+        fit_stacked(ests, train, iterations=iterations, test=test, eval_every=20, show_progress=False, **kw)
+        return ests
+
+    straight = run(60)
+    ckpt = tmp_path / "stack.pt"
+    run(40, checkpoint_path=ckpt)  # a run cut after 40 steps
+    resumed = run(60, checkpoint_path=ckpt, resume=True)
+    for a, b in zip(straight, resumed):
+        assert a.history["iteration"] == b.history["iteration"] == [20, 40, 60]
+        assert a.history["val_nll_p"] == pytest.approx(b.history["val_nll_p"], abs=1e-6)

@@ -30,6 +30,7 @@ Example (two weight configurations on toy data):
 from __future__ import annotations
 
 import copy
+import os
 import time
 from typing import Sequence
 
@@ -163,6 +164,45 @@ class StackedTrainer:
         self.step_count += 1
         return stats
 
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs: stacked parameters and buffers, both Adams, the step
+        count, each trainer's history and the RNG states (a resumed run continues exactly)."""
+        return {
+            "params": {k: v.detach() for k, v in self.params.items()},
+            "buffers": dict(self.buffers),
+            "opt_flow": self.opt_flow.state_dict(),
+            "opt_energy": self.opt_energy.state_dict(),
+            "step_count": self.step_count,
+            "histories": [t.history for t in self.trainers],
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for key, v in state["params"].items():
+            self.params[key].copy_(v)
+        for key, v in state["buffers"].items():
+            self.buffers[key].copy_(v)
+        self.opt_flow.load_state_dict(state["opt_flow"])
+        self.opt_energy.load_state_dict(state["opt_energy"])
+        self.step_count = int(state["step_count"])
+        for trainer, history in zip(self.trainers, state["histories"]):
+            trainer.history = {k: list(v) for k, v in history.items()}
+        torch.set_rng_state(state["rng_cpu"].cpu())
+        if torch.cuda.is_available() and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all([r.cpu() for r in state["rng_cuda"]])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` atomically (temp file + rename)."""
+        tmp = f"{os.fspath(path)}.tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        device = next(iter(self.params.values())).device
+        self.load_state_dict(torch.load(path, weights_only=True, map_location=device))
+
     @torch.no_grad()
     def unstack(self) -> None:
         """Write the stacked parameters and buffers back into each trainer's flow and energy."""
@@ -180,6 +220,8 @@ def fit_stacked(
     test: Tensor | None = None,
     eval_every: int = 100,
     show_progress: bool = True,
+    checkpoint_path: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> StackedTrainer:
     """Fit fixed-weight estimators (e.g. the 25 :class:`~sbi_jeffreys.baselines.PenaltyDensityEstimator`
     of Fig. 2) on full batches of ``train`` as one :class:`StackedTrainer`.
@@ -188,14 +230,19 @@ def fit_stacked(
     estimator's own trainer evaluates ``test`` (``val_nll_p``, ``val_log_zeta``...), so each
     estimator ends with the ``history`` and ``log_prob`` it would have after its own ``fit``.
     A training that turns NaN only fills its own history with NaN (the K models share nothing).
-    ``timing["seconds"]`` is the stack's wall-clock time, the same for all K.
+    ``timing["seconds"]`` is the stack's wall-clock time, the same for all K. With
+    ``checkpoint_path`` the whole stack is saved at every evaluation; with ``resume=True`` and an
+    existing file, training continues from it exactly (same data and settings expected).
     """
     if iterations < 1 or eval_every < 1:
         raise ValueError(f"iterations and eval_every must be >= 1, got {iterations}, {eval_every}.")
     x = as_data(train, estimators[0].features, estimators[0].device, "train")
     stacked = StackedTrainer([est.build(x) for est in estimators])
+    if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+        stacked.load(checkpoint_path)
     eval_seconds, start = 0.0, time.perf_counter()
-    for it in tqdm(range(1, iterations + 1), disable=not show_progress, desc=f"{len(stacked)} stacked"):
+    first = stacked.step_count + 1
+    for it in tqdm(range(first, iterations + 1), disable=not show_progress, desc=f"{len(stacked)} stacked"):
         stats = stacked.step(x)
         if it % eval_every and it < iterations:
             continue
@@ -209,6 +256,8 @@ def fit_stacked(
             trainer.epoch = trainer.step_count = it
             for key, v in record.items():
                 trainer.history.setdefault(key, []).append(v)
+        if checkpoint_path is not None:
+            stacked.save(checkpoint_path)
         eval_seconds += time.perf_counter() - t0
     seconds = time.perf_counter() - start
     for est in estimators:
