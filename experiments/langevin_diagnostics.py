@@ -30,8 +30,8 @@ from sbi_jeffreys.adapters.sbi import JeffreysNPE  # noqa: E402
 from sbi_jeffreys.benchmark import algorithm  # noqa: E402
 from sbi_jeffreys.benchmark.c2st import c2st_paper  # noqa: E402
 from sbi_jeffreys.benchmark.tasks import get_task  # noqa: E402
-from sbi_jeffreys.engine import warm_start_energy  # noqa: E402
 from sbi_jeffreys.nets.ebm import energy_nn  # noqa: E402
+from sbi_jeffreys.warm_start import warm_start_energy  # noqa: E402
 
 
 def grad_norm(energy, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

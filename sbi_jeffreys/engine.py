@@ -12,100 +12,30 @@ reverse-KL samples, the flow-tilted proxy, the pooled energy call) live in
 the EBM's spectral norm once. All per-step statistics stay on the device; the host syncs once
 per log point.
 
-The divergence guard and the state/RNG plumbing are in :mod:`sbi_jeffreys.trainer_state`.
+The divergence guard and the state/RNG plumbing are in :mod:`sbi_jeffreys.trainer_state`, the
+hyper-parameters and the data checks in :mod:`sbi_jeffreys.config`, B.8's warm start in
+:mod:`sbi_jeffreys.warm_start`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sbi_jeffreys.config import JeffreysConfig, check_data
 from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import is_flow_tilted, refresh_spectral_norm
 from sbi_jeffreys.objective import MULTIPLIERS, DualState, Terms, constraint_slacks, primal_surrogate
-from sbi_jeffreys.objective.lagrangian import ZETA_CONSTRAINTS, constraint_values
+from sbi_jeffreys.objective.lagrangian import constraint_values
 from sbi_jeffreys.trainer_state import TrainerState, TrainingDivergedError, clone_state
 
-__all__ = ["JeffreysConfig", "JeffreysTrainer", "TrainingDivergedError", "check_data", "warm_start_energy"]
+__all__ = ["JeffreysConfig", "JeffreysTrainer", "TrainingDivergedError", "check_data"]
 
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
-
-
-@dataclass
-class JeffreysConfig:
-    """Hyper-parameters of the dual training (defaults: App. D.2, 2D density estimation)."""
-
-    flow_lr: float = 1e-3
-    energy_lr: float = 1e-4
-    multiplier_lr: float = 1e-4
-    zeta_multiplier_lr: float = 1e-3
-    multiplier_optimizer: str = "sgd"
-    multiplier_init: float = 0.01
-    min_rv_multiplier: float = 0.0  # floor of lambda_rv (beyond the paper; DualState)
-    max_rv_multiplier: float | None = None  # cap of lambda_rv; 0 turns the reverse KL off (ablation)
-    eps_zeta: float = 0.1
-    zeta_constraint: str = "box"  # B.6's batch-mean box, or "per_condition" (zeta_constraints)
-    negative_nll: bool = True
-    num_zeta_samples: int = 1000
-    num_rv_samples: int | None = None  # None: reuse the M zeta samples (see module doc)
-    gradient_estimator: str = "reparameterized"
-    score_baseline: bool = True
-    kl_weight: float = 1.0
-    zeta_every: int = 1
-    betas: tuple[float, float] = (0.0, 0.9)  # App. C.3, for both models unless flow_betas is set
-    flow_betas: tuple[float, float] | None = None
-    clip_max_norm: float | None = None
-    max_log_zeta: float = 20.0
-    max_rollbacks: int = 3
-    cuda_graph: bool = False  # replay each step as a CUDA graph (sbi_jeffreys.graphs); CUDA only
-    # (P-W): fixed (w_fw, w_rv, w_prx) instead of multipliers: no ascent, no zeta constraint, no B.7
-    fixed_weights: tuple[float, float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.gradient_estimator not in ("reparameterized", "score"):
-            raise ValueError("gradient_estimator must be 'reparameterized' or 'score'.")
-        if self.zeta_constraint not in ZETA_CONSTRAINTS:
-            raise ValueError(f"zeta_constraint must be one of {ZETA_CONSTRAINTS}, got {self.zeta_constraint!r}.")
-        for name in ("flow_lr", "energy_lr", "num_zeta_samples", "zeta_every"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        if self.cuda_graph and self.zeta_every != 1:
-            raise ValueError("cuda_graph needs zeta_every=1: a recorded step cannot branch on the step count.")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if self.flow_betas is not None:
-            self.flow_betas = (float(self.flow_betas[0]), float(self.flow_betas[1]))
-        if self.fixed_weights is not None:
-            weights = tuple(float(w) for w in self.fixed_weights)
-            if len(weights) != 3 or min(weights) < 0:
-                raise ValueError(f"fixed_weights must be three non-negative (w_fw, w_rv, w_prx), got {weights}.")
-            self.fixed_weights = (weights[0], weights[1], weights[2])
-
-
-def _checked(x: Tensor, name: str, dim: int | None = None) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}.")
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (batch, features) with batch > 0, got {tuple(x.shape)}.")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} has {x.shape[1]} features, the model expects {dim}.")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf values.")
-
-
-def check_data(inputs: Tensor, context: Tensor | None = None, dim: int | None = None) -> None:
-    """Clear errors for bad training data: type, dtype, shape, emptiness, NaN/inf."""
-    _checked(inputs, "inputs", dim)
-    if context is not None:
-        _checked(context, "context")
-        if context.shape[0] != inputs.shape[0]:
-            raise ValueError(f"inputs ({inputs.shape[0]}) and context ({context.shape[0]}) differ in batch size.")
 
 
 class JeffreysTrainer(TrainerState):
@@ -324,29 +254,3 @@ class JeffreysTrainer(TrainerState):
             self.flow.load_state_dict(self.best["flow"])
             self.energy.load_state_dict(self.best["energy"])
         return self.history
-
-
-def warm_start_energy(
-    flow: Any,
-    energy: nn.Module,
-    contexts: Iterator[Tensor | None] | None = None,
-    steps: int = 500,
-    num_samples: int = 256,
-    lr: float = 1e-3,
-) -> float:
-    r"""B.8 warm start: regress :math:`f_\psi/T` onto :math:`\log p_\theta` on flow samples by
-    mean squared error, so that :math:`\zeta \approx 1` and eq. 15's weights are tame at the
-    first step. ``contexts`` yields conditions (e.g. training x's) or ``None``. Returns the last MSE."""
-    opt = torch.optim.Adam(energy.parameters(), lr=lr)
-    mse = float("nan")
-    for _ in range(steps):
-        c = next(contexts) if contexts is not None else None
-        with torch.no_grad():
-            y, logp = flow.sample_and_log_prob((num_samples if c is None else max(1, num_samples // c.shape[0]),), c)
-        refresh_spectral_norm(energy)
-        loss = (energy(y, c) - logp).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        mse = loss.item()
-    return mse

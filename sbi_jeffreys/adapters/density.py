@@ -7,6 +7,9 @@ descent-ascent on the Lagrangian of eq. 11 (Algorithm 3), through
 the data's standardisation), feeds ``(x, None)`` batches to the engine and evaluates both
 models; it never touches the objective.
 
+Module size (about 340 lines): the estimator's public surface (fit, evaluation, the proxy's
+samples) plus the small data helpers the NF, P-W and WGAN-GP baselines share with it.
+
 Iterations and epochs: the engine's "epoch" is one pass over the training set; with the
 paper's full batches (``batch_size=None``) one epoch is one iteration (one GDA step).
 
@@ -28,9 +31,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, check_data, warm_start_energy
+from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, check_data
 from sbi_jeffreys.nets import FlowTiltedEnergy, ResidualEnergy, UnconditionalFlow, build_nsf, proxy_log_density
 from sbi_jeffreys.objective import log_partition
+from sbi_jeffreys.warm_start import warm_start_energy
 
 __all__ = ["ENERGIES", "JeffreysDensityEstimator", "build_flow", "training_plan", "epoch_batches"]
 

@@ -32,9 +32,10 @@ from torch.distributions import Distribution
 
 from sbi_jeffreys.adapters.options import JeffreysOptions
 from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
-from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer, warm_start_energy
+from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
 from sbi_jeffreys.nets.ebm import energy_nn, is_flow_tilted
 from sbi_jeffreys.nets.flows import reparameterized
+from sbi_jeffreys.warm_start import warm_start_energy
 
 #: The paper's App. D.4 settings, a documented preset (``JeffreysNPE(...).train(**PAPER_D4)``).
 PAPER_D4: dict[str, Any] = dict(training_batch_size=1000, learning_rate=1e-4, options=JeffreysOptions.paper_d4())
