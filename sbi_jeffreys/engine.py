@@ -19,14 +19,14 @@ hyper-parameters and the data checks in :mod:`sbi_jeffreys.config`, B.8's warm s
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from sbi_jeffreys.config import JeffreysConfig, check_data
 from sbi_jeffreys.graphs import StepGraph
+from sbi_jeffreys.loop import Batches, run_epochs
 from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import is_flow_tilted, refresh_spectral_norm
 from sbi_jeffreys.objective import MULTIPLIERS, DualState, Terms, constraint_slacks, primal_surrogate
@@ -34,8 +34,6 @@ from sbi_jeffreys.objective.lagrangian import constraint_values
 from sbi_jeffreys.trainer_state import TrainerState, TrainingDivergedError, clone_state
 
 __all__ = ["JeffreysConfig", "JeffreysTrainer", "TrainingDivergedError", "check_data"]
-
-Batches = Callable[[], Iterable[tuple[Tensor, Tensor | None]]]
 
 
 class JeffreysTrainer(TrainerState):
@@ -200,32 +198,16 @@ class JeffreysTrainer(TrainerState):
         ``config.max_rollbacks`` times), record the history, call ``on_log`` and ``checkpoint``.
         At the end the best state under ``monitor`` (if validated) is restored.
         """
-        huge = max_epochs > 10**7  # sbi's "no limit" default
         self.stopped_early = False
-        bar = tqdm(
-            total=None if huge else max_epochs, initial=self.epoch, disable=not show_progress, desc="Jeffreys training"
-        )
         if self._good is None:
             self._good = self._snapshot()  # so that even the first log point can roll back
-        count = 0
-        while self.epoch < max_epochs:
-            for x, c in batches():
-                self.train_step(x, c)
-                count += 1
-            if count == 0:
-                raise ValueError("The training batches are empty: no data to train on.")
-            self.epoch += 1
-            bar.update(1)
-            if self.epoch % log_every and self.epoch < max_epochs:
-                continue
-            record = self.read_statistics(count)
-            count = 0
+
+        def log(record: dict[str, float], bar) -> bool:
             if validate is not None:
                 record.update(validate())
             if not self._healthy(record):
-                if self._rollback(record):
-                    continue
-                break  # rollbacks spent: the best validated state is restored below
+                # rolled back: train on; rollbacks spent: stop, the best state is restored below
+                return self._rollback(record)
             self._good = self._snapshot()
             record["epoch"] = float(self.epoch)
             for key, v in record.items():
@@ -242,14 +224,11 @@ class JeffreysTrainer(TrainerState):
                 on_log(self.epoch, record)
             if checkpoint is not None:
                 checkpoint(self)
-            if (
-                stop_after_epochs is not None
-                and self.best is not None
-                and self.epoch - self.best["epoch"] >= stop_after_epochs
-            ):
-                self.stopped_early = True
-                break
-        bar.close()
+            if stop_after_epochs is not None and self.best is not None:
+                self.stopped_early = self.epoch - self.best["epoch"] >= stop_after_epochs
+            return not self.stopped_early
+
+        run_epochs(self, batches, max_epochs, log, log_every, show_progress, "Jeffreys training")
         if self.best is not None:
             self.flow.load_state_dict(self.best["flow"])
             self.energy.load_state_dict(self.best["energy"])

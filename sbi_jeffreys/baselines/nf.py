@@ -15,11 +15,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from sbi_jeffreys.adapters.density import as_data, build_flow, chunked, epoch_batches, training_plan
 from sbi_jeffreys.engine import TrainingDivergedError
 from sbi_jeffreys.graphs import StepGraph
+from sbi_jeffreys.loop import run_epochs
 from sbi_jeffreys.nets import UnconditionalFlow
 
 __all__ = ["NFDensityEstimator"]
@@ -91,9 +91,15 @@ class NFDensityEstimator:
     def _accumulated_step(self, x: Tensor) -> None:
         self._total.add_(self.step(x))
 
-    def train_step(self, x: Tensor) -> None:
+    def train_step(self, inputs: Tensor, context: Tensor | None = None) -> None:
         """One step whose loss is summed on the device (a replayed CUDA graph with ``cuda_graph``)."""
-        (self._graph or self._accumulated_step)(x)
+        (self._graph or self._accumulated_step)(inputs)
+
+    def read_statistics(self, count: int) -> dict[str, float]:
+        """The training NLL averaged over the last ``count`` steps (one host sync); resets the sum."""
+        mean = float(self._total) / count
+        self._total.zero_()  # in place: a recorded step adds into this very tensor
+        return {"nll_p": mean}
 
     def step(self, x: Tensor) -> Tensor:
         """One Adam step on the mean NLL of the batch ``x``; returns the detached loss (no sync)."""
@@ -138,22 +144,10 @@ class NFDensityEstimator:
         steps, max_epochs, log_every = training_plan(train.shape[0], batch_size, iterations, eval_every)
         self._steps_per_epoch = steps
         self.build(train)
-        batches = epoch_batches(train, batch_size)
         eval_seconds = 0.0
-        start = time.perf_counter()
-        count = 0
-        bar = tqdm(total=max_epochs, disable=not show_progress, desc="NF training")
-        while self.epoch < max_epochs:
-            for x, _ in batches():
-                self.train_step(x)
-                count += 1
-            self.epoch += 1
-            bar.update(1)
-            if self.epoch % log_every and self.epoch < max_epochs:
-                continue
-            record = {"nll_p": float(self._total) / count}  # the only host sync between evaluations
-            self._total.zero_()  # in place: a recorded step adds into this very tensor
-            count = 0
+
+        def log(record: dict[str, float], bar) -> bool:
+            nonlocal eval_seconds
             t0 = time.perf_counter()
             if test is not None:
                 record.update(self.evaluate(test))
@@ -161,7 +155,6 @@ class NFDensityEstimator:
                 record.update(metrics())
             eval_seconds += time.perf_counter() - t0
             if not all(math.isfinite(v) for v in record.values()):
-                bar.close()
                 raise TrainingDivergedError(
                     f"NF training diverged at epoch {self.epoch}: {record}; lower the learning rate."
                 )
@@ -169,7 +162,10 @@ class NFDensityEstimator:
             for key, v in record.items():
                 self._history.setdefault(key, []).append(v)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "epoch"})
-        bar.close()
+            return True
+
+        start = time.perf_counter()
+        run_epochs(self, epoch_batches(train, batch_size), max_epochs, log, log_every, show_progress, "NF training")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.timing = {"seconds": time.perf_counter() - start, "eval_seconds": eval_seconds}
