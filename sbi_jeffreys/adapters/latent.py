@@ -12,6 +12,10 @@ temperature :math:`T = 0.01` with the temperature-weighted KL (eq. 22), warm sta
 iterations, flow LR 1e-3, EBM LR 1e-6, multiplier LR 1e-6, :math:`\zeta`-multiplier LR 1e-4,
 :math:`\epsilon_\zeta = 100`.
 
+References:
+    Ben-Dov & Chamon (2025), Adaptive symmetrization of the KL divergence, arXiv:2511.11159,
+    §5.3, App. B.8, C.2, D.3.
+
 Example (a tiny codec and estimator; the experiment is ``experiments/celeba_latent.py``):
     >>> from sbi_jeffreys.images import Autoencoder
     >>> from sbi_jeffreys.baselines import NFDensityEstimator

@@ -15,6 +15,10 @@ the same base noise at a step, as a paired comparison of the weights would want;
 only through the initial networks. With frozen multipliers there is no dual ascent, so only P-W
 stacks; the dual trainings run as they are.
 
+References:
+    Ben-Dov & Chamon (2025), Adaptive symmetrization of the KL divergence, arXiv:2511.11159,
+    eq. (P-W), Fig. 2, App. D.1.
+
 Example (two weight configurations on toy data):
     >>> import torch
     >>> from sbi_jeffreys.baselines import PenaltyDensityEstimator

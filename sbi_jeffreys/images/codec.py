@@ -14,7 +14,7 @@ Example:
     (torch.Size([4, 8]), torch.Size([4, 3, 16, 16]))
 
 References:
-    | Adaptive symmetrization of the KL divergence (App. C.2).
+    Ben-Dov & Chamon (2025), Adaptive symmetrization of the KL divergence, arXiv:2511.11159, App. C.2.
 """
 
 from __future__ import annotations
