@@ -89,7 +89,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
 
 DENSITY_TUTORIAL = ROOT / "tutorials" / "02_density_and_latent.ipynb"
 DENSITY_BUDGET = {
-    "TUTORIAL_ITERATIONS": "100",
+    "TUTORIAL_ITERATIONS": "30",
     "TUTORIAL_CODEC_EPOCHS": "2",
     "TUTORIAL_LATENT_EPOCHS": "4",
     "TUTORIAL_TORCH_THREADS": "1",
