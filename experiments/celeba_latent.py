@@ -177,7 +177,7 @@ def write(out: Path, rows: list[dict], summary: dict, args: argparse.Namespace, 
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    summary["settings"] = {k: v for k, v in vars(args).items()}
+    summary["settings"] = dict(vars(args))
     summary["presets"] = {
         m: {k: (list(v) if isinstance(v, tuple) else v) for k, v in paper_d3(args.quick, e).items()}
         for m, e in ENERGY.items()

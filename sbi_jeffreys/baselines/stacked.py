@@ -240,7 +240,9 @@ def fit_stacked(
     """
     if iterations < 1 or eval_every < 1:
         raise ValueError(f"iterations and eval_every must be >= 1, got {iterations}, {eval_every}.")
-    x = as_data(train, estimators[0].features, estimators[0].device, "train")
+    features, device = estimators[0].features, estimators[0].device
+    x = as_data(train, features, device, "train")
+    test = None if test is None else as_data(test, features, device, "test")  # checked once, not per evaluation
     stacked = StackedTrainer([est.build(x) for est in estimators])
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         stacked.load(checkpoint_path)
@@ -255,7 +257,7 @@ def fit_stacked(
         for k, trainer in enumerate(stacked.trainers):
             record = {key: float(v[k]) for key, v in stats.items()}
             if test is not None:
-                record.update(trainer.evaluate(as_data(test, estimators[k].features, estimators[k].device, "test")))
+                record.update(trainer.evaluate(test))
             record["epoch"] = float(it)
             trainer.epoch = trainer.step_count = it
             for key, v in record.items():
