@@ -6,10 +6,12 @@ For each K, one run times (full batch of the 40-GMM's 800 points, M = 1,000, D.1
   processes would cost one device, without their overlap);
 * ``stacked``: one :class:`~sbi_jeffreys.baselines.stacked.StackedTrainer` step of all K;
 
+* ``stacked+graph`` (CUDA, ``--cuda-graph``): the stacked step replayed as a CUDA graph;
+
 and prints the steps/s of each, the cost of one stacked step relative to one single-model step
 (how the cost grows with K), and the speed-up of stacking::
 
-    python benchmarks/stacked_speed.py --device cuda --ks 1 5 25 --out stacked_speed.json
+    python benchmarks/stacked_speed.py --device cuda --ks 1 5 25 --cuda-graph --out stacked_speed.json
     python benchmarks/stacked_speed.py --device cpu --ks 1 2 4 --steps 5
 
 Time on an idle device (not beside running trainings).
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--ks", nargs="+", type=int, default=[1, 5, 25])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--zeta-samples", type=int, default=1000)
+    p.add_argument("--cuda-graph", action="store_true", help="also time the stacked step as a CUDA graph")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -74,13 +77,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
             stacked_step_over_single_step=stacked_s / single,
             speedup=separate_s / stacked_s,
         )
+        if args.cuda_graph and device.type == "cuda":
+            graphed = StackedTrainer([e.build(x) for e in ests], cuda_graph=True)
+            for _ in range(4):  # StepGraph's eager warm-up and the recording
+                graphed.step(x)
+            graphed_s = _time(lambda: graphed.step(x), args.steps, device)
+            row.update(graphed_model_steps_per_s=k / graphed_s, graph_speedup=separate_s / graphed_s)
         rows.append(row)
-        print(
+        line = (
             f"K={k:3d}  separate {row['separate_steps_per_s']:8.1f} model-steps/s  stacked "
             f"{row['stacked_model_steps_per_s']:8.1f} model-steps/s  one stacked step = "
-            f"{row['stacked_step_over_single_step']:.2f} single steps  speed-up {row['speedup']:.2f}x",
-            flush=True,
+            f"{row['stacked_step_over_single_step']:.2f} single steps  speed-up {row['speedup']:.2f}x"
         )
+        if "graph_speedup" in row:
+            line += f"  graphed {row['graphed_model_steps_per_s']:8.1f} model-steps/s ({row['graph_speedup']:.1f}x)"
+        print(line, flush=True)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -340,6 +340,7 @@ def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, p
         show_progress=progress,
         checkpoint_path=ckpt,
         resume=True,
+        cuda_graph=settings.get("cuda_graph", False),
     )
     for model, est in ests.items():
         log_zeta = est.history.get("val_log_zeta", [math.nan])

@@ -13,7 +13,9 @@ element by element). Spectral norm's power iteration runs vmapped on the stacked
 Random numbers are *common* across the K models (``vmap(randomness="same")``): every model sees
 the same base noise at a step, as a paired comparison of the weights would want; seeds differ
 only through the initial networks. With frozen multipliers there is no dual ascent, so only P-W
-stacks; the dual trainings run as they are.
+stacks; the dual trainings run as they are. With ``cuda_graph=True`` the whole vectorized step
+(power iteration, vmapped gradients, both Adams) is recorded once and replayed
+(:class:`~sbi_jeffreys.graphs.StepGraph`).
 
 References:
     Ben-Dov & Chamon (2025), Adaptive symmetrization of the KL divergence, arXiv:2511.11159,
@@ -45,6 +47,7 @@ from tqdm.auto import tqdm
 
 from sbi_jeffreys.adapters.density import JeffreysDensityEstimator, as_data
 from sbi_jeffreys.engine import JeffreysTrainer
+from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import refresh_spectral_norm
 from sbi_jeffreys.objective import primal_surrogate
@@ -105,12 +108,13 @@ class StackedTrainer:
     Args:
         trainers: built trainers (e.g. ``PenaltyDensityEstimator(...).build(train)``) whose configs
             have ``fixed_weights`` and agree on everything else that shapes the step.
+        cuda_graph: on a CUDA device, replay the whole stacked step as one CUDA graph.
 
     The stacked parameters live here until :meth:`unstack` writes them back into the trainers'
     networks (for evaluation, sampling, saving).
     """
 
-    def __init__(self, trainers: Sequence[JeffreysTrainer]):
+    def __init__(self, trainers: Sequence[JeffreysTrainer], cuda_graph: bool = False):
         if not trainers:
             raise ValueError("Give at least one trainer.")
         first = trainers[0].config
@@ -134,9 +138,14 @@ class StackedTrainer:
         cfg = first
         flow_params = [v for k, v in self.params.items() if k.startswith("flow.")]
         energy_params = [v for k, v in self.params.items() if k.startswith("energy.")]
-        self.opt_flow = torch.optim.Adam(flow_params, lr=cfg.flow_lr, betas=cfg.flow_betas or cfg.betas)
-        self.opt_energy = torch.optim.Adam(energy_params, lr=cfg.energy_lr, betas=cfg.betas)
+        self.cuda_graph = cuda_graph and flow_params[0].device.type == "cuda"
+        self.opt_flow = torch.optim.Adam(
+            flow_params, lr=cfg.flow_lr, betas=cfg.flow_betas or cfg.betas, capturable=self.cuda_graph
+        )
+        self.opt_energy = torch.optim.Adam(energy_params, lr=cfg.energy_lr, betas=cfg.betas, capturable=self.cuda_graph)
         self._grad = vmap(grad(self._loss, has_aux=True), in_dims=(0, 0, 0, None), randomness="same")
+        self._stats: dict[str, Tensor] = {}  # the last step's constraint values (static under a graph)
+        self._graph = StepGraph(self._step) if self.cuda_graph else None
         self.step_count = 0
 
     def __len__(self) -> int:
@@ -159,14 +168,23 @@ class StackedTrainer:
     def step(self, x: Tensor) -> dict[str, Tensor]:
         """One descent step of every training on the batch ``x`` (shared); returns the detached
         constraint values of the step, each of shape ``(K,)``."""
+        (self._graph or self._step)(x)
+        self.step_count += 1
+        return {k: v.clone() for k, v in self._stats.items()}
+
+    def _step(self, x: Tensor) -> None:
+        # graph-safe: no host synchronisation; the statistics land in fixed buffers
         self._refresh_spectral_norm()
         grads, stats = self.gradients(x)
         for key, p in self.params.items():
             p.grad = grads[key]
         self.opt_flow.step()
         self.opt_energy.step()
-        self.step_count += 1
-        return stats
+        if not self._stats:
+            self._stats = {k: v.detach().clone() for k, v in stats.items()}
+        else:
+            for k, v in stats.items():
+                self._stats[k].copy_(v)
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs: stacked parameters and buffers, both Adams, the step
@@ -196,6 +214,8 @@ class StackedTrainer:
         torch.set_rng_state(state["rng_cpu"].cpu())
         if torch.cuda.is_available() and state["rng_cuda"]:
             torch.cuda.set_rng_state_all([r.cpu() for r in state["rng_cuda"]])
+        if self._graph is not None:
+            self._graph.reset()  # the recording read the optimizers' replaced state tensors
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`state_dict` atomically (temp file + rename)."""
@@ -226,6 +246,7 @@ def fit_stacked(
     show_progress: bool = True,
     checkpoint_path: str | os.PathLike | None = None,
     resume: bool = False,
+    cuda_graph: bool = False,
 ) -> StackedTrainer:
     """Fit fixed-weight estimators (e.g. the 25 :class:`~sbi_jeffreys.baselines.PenaltyDensityEstimator`
     of Fig. 2) on full batches of ``train`` as one :class:`StackedTrainer`.
@@ -237,13 +258,14 @@ def fit_stacked(
     ``timing["seconds"]`` is the stack's wall-clock time, the same for all K. With
     ``checkpoint_path`` the whole stack is saved at every evaluation; with ``resume=True`` and an
     existing file, training continues from it exactly (same data and settings expected).
+    ``cuda_graph`` replays the stacked step as a CUDA graph (on a CUDA device).
     """
     if iterations < 1 or eval_every < 1:
         raise ValueError(f"iterations and eval_every must be >= 1, got {iterations}, {eval_every}.")
     features, device = estimators[0].features, estimators[0].device
     x = as_data(train, features, device, "train")
     test = None if test is None else as_data(test, features, device, "test")  # checked once, not per evaluation
-    stacked = StackedTrainer([est.build(x) for est in estimators])
+    stacked = StackedTrainer([est.build(x) for est in estimators], cuda_graph=cuda_graph)
     if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
         stacked.load(checkpoint_path)
     eval_seconds, start = 0.0, time.perf_counter()
