@@ -152,6 +152,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train only the --pw-weights and --wgan-lrs baselines (not the NF and the dual), e.g. as a GPU job",
     )
     p.add_argument(
+        "--models",
+        nargs="+",
+        choices=("nf", "jeffreys"),
+        default=["nf", "jeffreys"],
+        help="which of the NF and the dual a job trains (e.g. as parallel sweeps); --baselines-only: neither",
+    )
+    p.add_argument(
         "--stack-pw",
         action="store_true",
         help="train the P-W configurations of a job as one vectorized model (baselines/stacked.py)",
@@ -190,6 +197,7 @@ def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
         wgan_lrs=list(args.wgan_lrs),
         stack_pw=args.stack_pw,
         baselines_only=args.baselines_only,
+        models=list(args.models),
     )
 
 
@@ -258,7 +266,11 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
     partial = os.path.join(job_dir, f"{dataset}_seed{seed}.partial.json")
     ckpt = os.path.join(job_dir, f"{dataset}_seed{seed}.ckpt")
     graph = settings.get("cuda_graph", False)
-    if not settings.get("baselines_only"):
+    models = [] if settings.get("baselines_only") else settings.get("models", ["nf", "jeffreys"])
+    done = _load_finished(Path(partial), settings)  # a cut job keeps its finished NF
+    if done is not None:
+        out = done
+    if "nf" in models and "nf" not in out["curves"]:
         # --- NF baseline first (it is the faster one): the same flow by maximum likelihood (same
         # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
         nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed, cuda_graph=graph)
@@ -272,6 +284,7 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
             out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
         _write_json(partial, out)
 
+    if "jeffreys" in models:
         # --- Jeffreys: p_theta and the quasi-normalized q_psi
         jeff = JeffreysDensityEstimator(
             2,
@@ -311,9 +324,12 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         extra = dict(final_log_zeta=log_zeta[-1], max_abs_log_zeta=float(np.nanmax(np.abs(log_zeta))))
         record(f"pw_fw{w_fw:g}_rv{w_rv:g}", pw, "val_nll_p", status, extra)
     for lr in settings.get("wgan_lrs", []):
+        if f"wgan_lr{lr:g}" in out["curves"]:
+            continue  # finished before the job was cut
         wgan = WGANGPDensityEstimator(2, **flow_arch, generator_lr=lr, critic_lr=1e-5, device=dev, seed=seed)
         wgan.fit(train, **common)
         record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan))
+        _write_json(partial, out)
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
     for path in (ckpt, f"{ckpt}.pw", partial):
