@@ -26,6 +26,7 @@ from typing import Any, Callable, Literal
 import torch
 from sbi.inference.posteriors.direct_posterior import DirectPosterior
 from sbi.inference.trainers.npe.npe_base import PosteriorEstimatorTrainer
+from sbi.neural_nets.estimators import NFlowsFlow
 from sbi.utils import within_support
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -238,6 +239,13 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
 
         if not resume:
             config = opts.engine_config(learning_rate, clip_max_norm, getattr(energy, "temperature", 1.0))
+            if config.cuda_graph and torch.device(self._device).type == "cuda" and isinstance(flow, NFlowsFlow):
+                # nflows' splines index with data-dependent masks and its LU layers with host arrays
+                raise ValueError(
+                    "cuda_graph=True needs a flow whose step can be recorded: nflows' models (sbi's 'nsf', "
+                    "'maf') cannot; use density_estimator=zuko_coupling_nsf() (sbi_jeffreys.nets.flows) "
+                    "or a zuko model, or cuda_graph=False."
+                )
             self._trainer = JeffreysTrainer(flow, energy, config)
             if opts.warm_start_steps > 0 and fresh and not is_flow_tilted(energy):  # a tilted proxy starts at q = p
                 # scale with the data (at most 10 epochs' worth of batches, 4 samples per condition)
