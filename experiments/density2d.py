@@ -22,8 +22,9 @@ and writes into ``--out``:
 * ``nll_curves.png``: test NLL against iterations (mean over seeds, min-max band).
 
 Finished jobs are kept in ``OUT/jobs/`` (one JSON per job, written atomically) and are not
-redone when the command is re-run with the same settings; a Jeffreys run killed half-way
-resumes from its checkpoint (its ``seconds`` then cover the resumed part only). Paper settings
+redone when the command is re-run with the same settings; a training killed half-way (the dual,
+the NF, the stacked P-W, WGAN-GP) resumes from its checkpoint in ``OUT/jobs/`` (its ``seconds``
+then cover the resumed part only), so a 100,000-iteration run can span several device sessions. Paper settings
 (full mode): 1,000 train points (gmm40: 800) and
 10,000 test points, full batch, 25,000 iterations (gmm40: 100,000), LR 1e-3 (flow, NF) and
 1e-4 (EBM), multiplier LR 1e-4, ζ-multiplier LR 1e-3, ε_ζ = 0.1, λ init 0.01, M = 1,000,
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import math
 import os
@@ -275,7 +277,7 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
         nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed, cuda_graph=graph)
         try:
-            nf.fit(train, **common)
+            nf.fit(train, **common, checkpoint_path=f"{ckpt}.nf", resume=True)
             status = "ok"
         except TrainingDivergedError as err:
             status = f"diverged: {err}"
@@ -327,12 +329,12 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         if f"wgan_lr{lr:g}" in out["curves"]:
             continue  # finished before the job was cut
         wgan = WGANGPDensityEstimator(2, **flow_arch, generator_lr=lr, critic_lr=1e-5, device=dev, seed=seed)
-        wgan.fit(train, **common)
+        wgan.fit(train, **common, checkpoint_path=f"{ckpt}.wgan{lr:g}", resume=True)
         record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan))
         _write_json(partial, out)
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
-    for path in (ckpt, f"{ckpt}.pw", partial):
+    for path in glob.glob(f"{glob.escape(ckpt)}*") + [partial]:  # the job's checkpoints
         if os.path.exists(path):
             os.remove(path)
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
 from dataclasses import asdict
 from typing import Any
@@ -131,8 +132,7 @@ class TrainerState:
                 "best": self.best,
                 "good": self._good,
                 "config": asdict(self.config),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                **rng_state(),
                 "zeta_cache": list(self._zeta_cache) if self._zeta_cache is not None else [],
             }
         )
@@ -144,22 +144,37 @@ class TrainerState:
         self.history = copy.deepcopy(state["history"])
         self.best, self._good = state["best"], state["good"]
         self._zeta_cache = tuple(state["zeta_cache"]) if state["zeta_cache"] else None
-        # RNG states must be CPU ByteTensors (load()'s map_location may have moved them)
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if torch.cuda.is_available() and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+        restore_rng(state)
 
     def save(self, path: str) -> None:
         """Write :meth:`state_dict` atomically (temp file + rename)."""
-        import os
-
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_save(self.state_dict(), path)
 
     def load(self, path: str) -> None:
         """Load a checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
         self.load_state_dict(torch.load(path, weights_only=True, map_location=self.dual.lam.device))
+
+
+def rng_state() -> dict[str, Any]:
+    """The CPU and CUDA random number generators' states (for a checkpoint)."""
+    return {
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states (as CPU tensors: a ``map_location`` may have moved them)."""
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if torch.cuda.is_available() and state["rng_cuda"]:
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def atomic_save(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file, then rename: a cut run never leaves half a checkpoint."""
+    tmp = f"{os.fspath(path)}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 def clone_state(tree):

@@ -106,6 +106,18 @@ def test_checkpoint_resume_continues_exactly(ring8, tmp_path):
     assert torch.allclose(resumed.log_prob(test), full.log_prob(test))
 
 
+def test_nf_checkpoint_resume_continues_exactly(ring8, tmp_path):
+    train, test = ring8[0][:64], ring8[1][:200]
+    kw = dict(flow_transforms=1, flow_hidden=(16,), seed=1)
+    fit = dict(test=test, eval_every=4, batch_size=32, show_progress=False)  # shuffled batches: RNG matters
+    full = NFDensityEstimator(2, **kw).fit(train, iterations=8, **fit)
+    path = tmp_path / "nf.pt"
+    NFDensityEstimator(2, **kw).fit(train, iterations=4, checkpoint_path=path, **fit)
+    resumed = NFDensityEstimator(2, **kw).fit(train, iterations=8, checkpoint_path=path, resume=True, **fit)
+    assert resumed.history["iteration"] == [4, 8]
+    assert torch.allclose(resumed.log_prob(test), full.log_prob(test))
+
+
 @pytest.mark.parametrize("cls", [JeffreysDensityEstimator, NFDensityEstimator])
 def test_bad_inputs(cls):
     est = cls(2, flow_transforms=1, flow_hidden=(8,), seed=0)

@@ -10,6 +10,7 @@ the two. The hot loop keeps every scalar on the device; the host syncs only at e
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,7 @@ from sbi_jeffreys.engine import TrainingDivergedError
 from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.loop import run_epochs
 from sbi_jeffreys.nets import UnconditionalFlow
+from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
 
 __all__ = ["NFDensityEstimator"]
 
@@ -132,18 +134,24 @@ class NFDensityEstimator:
         eval_every: int = 100,
         show_progress: bool = True,
         metrics: Callable[[], dict[str, float]] | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> "NFDensityEstimator":
         """Maximum likelihood for ``iterations`` Adam steps (rounded up to whole epochs; full
         batch by default). Every ``eval_every`` steps and at the end the history records the
         train NLL averaged since the last log (``nll_p``), with ``test`` ``val_nll_p``, and
         whatever ``metrics()`` returns (e.g. the FID of decoded samples).
-        The final flow is the LAST state. Raises :class:`TrainingDivergedError` on a NaN/inf loss."""
+        The final flow is the LAST state. Raises :class:`TrainingDivergedError` on a NaN/inf loss.
+        With ``checkpoint_path`` the state is saved at every log point; with ``resume=True`` and an
+        existing file, training continues from it exactly (``timing`` then covers the resumed part)."""
         train = as_data(train, self.features, self.device, "train")
         if test is not None:
             test = as_data(test, self.features, self.device, "test")
         steps, max_epochs, log_every = training_plan(train.shape[0], batch_size, iterations, eval_every)
         self._steps_per_epoch = steps
         self.build(train)
+        if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+            self.load(checkpoint_path)
         eval_seconds = 0.0
 
         def log(record: dict[str, float], bar) -> bool:
@@ -162,6 +170,8 @@ class NFDensityEstimator:
             for key, v in record.items():
                 self._history.setdefault(key, []).append(v)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "epoch"})
+            if checkpoint_path is not None:
+                atomic_save(self.state_dict(), checkpoint_path)
             return True
 
         start = time.perf_counter()
@@ -170,6 +180,31 @@ class NFDensityEstimator:
             torch.cuda.synchronize(self.device)
         self.timing = {"seconds": time.perf_counter() - start, "eval_seconds": eval_seconds}
         return self
+
+    def state_dict(self) -> dict:
+        """Flow, Adam, epoch, history and RNG states (what a resumed :meth:`fit` needs)."""
+        if self.flow is None or self.optimizer is None:
+            raise RuntimeError("Call build() (or fit()) first.")
+        return {
+            "flow": self.flow.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "history": {k: list(v) for k, v in self._history.items()},
+            **rng_state(),
+        }
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load a :meth:`state_dict` checkpoint into the built flow (``weights_only``)."""
+        if self.flow is None or self.optimizer is None:
+            raise RuntimeError("Call build() first: the checkpoint fills the built flow.")
+        state = torch.load(path, weights_only=True, map_location=self.device)
+        self.flow.load_state_dict(state["flow"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self._history = {k: list(v) for k, v in state["history"].items()}
+        restore_rng(state)
+        if self._graph is not None:
+            self._graph.reset()  # the optimizer's state tensors are new
 
     @property
     def history(self) -> dict[str, list[float]]:

@@ -52,6 +52,7 @@ from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import refresh_spectral_norm
 from sbi_jeffreys.objective import primal_surrogate
 from sbi_jeffreys.objective.lagrangian import constraint_values
+from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
 
 __all__ = ["StackedTrainer", "fit_stacked"]
 
@@ -196,8 +197,7 @@ class StackedTrainer:
             "opt_energy": self.opt_energy.state_dict(),
             "step_count": self.step_count,
             "histories": [t.history for t in self.trainers],
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **rng_state(),
         }
 
     @torch.no_grad()
@@ -211,17 +211,13 @@ class StackedTrainer:
         self.step_count = int(state["step_count"])
         for trainer, history in zip(self.trainers, state["histories"]):
             trainer.history = {k: list(v) for k, v in history.items()}
-        torch.set_rng_state(state["rng_cpu"].cpu())
-        if torch.cuda.is_available() and state["rng_cuda"]:
-            torch.cuda.set_rng_state_all([r.cpu() for r in state["rng_cuda"]])
+        restore_rng(state)
         if self._graph is not None:
             self._graph.reset()  # the recording read the optimizers' replaced state tensors
 
     def save(self, path: str | os.PathLike) -> None:
         """Write :meth:`state_dict` atomically (temp file + rename)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        atomic_save(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> None:
         device = next(iter(self.params.values())).device

@@ -20,6 +20,7 @@ References:
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 
 from sbi_jeffreys.adapters.density import as_data, build_flow, chunked
 from sbi_jeffreys.nets import ResidualEnergy, refresh_spectral_norm
+from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -105,8 +107,12 @@ class WGANGPDensityEstimator:
         test: Tensor | None = None,
         eval_every: int = 100,
         show_progress: bool = True,
+        checkpoint_path: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> "WGANGPDensityEstimator":
-        """``iterations`` generator steps (each after ``critic_steps`` critic steps)."""
+        """``iterations`` generator steps (each after ``critic_steps`` critic steps). With
+        ``checkpoint_path`` the state is saved at every evaluation; with ``resume=True`` and an
+        existing file, training continues from it exactly (``timing`` then covers the resumed part)."""
         train = as_data(train, self.features, self.device, "train")
         test = None if test is None else as_data(test, self.features, self.device, "test")
         if iterations < 1 or eval_every < 1:
@@ -118,9 +124,16 @@ class WGANGPDensityEstimator:
         opt_d = torch.optim.Adam(critic.parameters(), lr=self.critic_lr, betas=self.betas)
         n = train.shape[0]
         b = n if batch_size is None else min(batch_size, n)
-        self.history = {}
+        self.history, first = {}, 1
+        if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
+            state = torch.load(checkpoint_path, weights_only=True, map_location=self.device)
+            for obj, key in ((flow, "flow"), (critic, "critic"), (opt_g, "opt_g"), (opt_d, "opt_d")):
+                obj.load_state_dict(state[key])
+            self.history = {k: list(v) for k, v in state["history"].items()}
+            first = int(state["iteration"]) + 1
+            restore_rng(state)
         start, eval_seconds = time.perf_counter(), 0.0
-        for it in tqdm(range(1, iterations + 1), disable=not show_progress, desc="WGAN-GP"):
+        for it in tqdm(range(first, iterations + 1), disable=not show_progress, desc="WGAN-GP"):
             for _ in range(self.critic_steps):
                 real = train[torch.randint(0, n, (b,), device=self.device)]
                 with torch.no_grad():
@@ -146,6 +159,10 @@ class WGANGPDensityEstimator:
                     self.history.setdefault(k, []).append(v)
                 if not all(math.isfinite(v) for v in record.values()):
                     break  # an unstable run (the paper's high-LR case) stops; its history says where
+                if checkpoint_path is not None:
+                    state = dict(flow=flow.state_dict(), critic=critic.state_dict(), iteration=it)
+                    state.update(opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), history=self.history)
+                    atomic_save({**state, **rng_state()}, checkpoint_path)
         self.timing = {"seconds": time.perf_counter() - start, "eval_seconds": eval_seconds}
         return self
 
