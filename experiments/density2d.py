@@ -334,7 +334,8 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         _write_json(partial, out)
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
-    for path in glob.glob(f"{glob.escape(ckpt)}*") + [partial]:  # the job's checkpoints
+    names = os.path.join(job_dir, f"{dataset}_seed{seed}.pw_models.json")
+    for path in glob.glob(f"{glob.escape(ckpt)}*") + [partial, names]:  # the job's checkpoints
         if os.path.exists(path):
             os.remove(path)
     return out
@@ -349,6 +350,7 @@ def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, p
         )
         for w_fw, w_rv in settings["pw_weights"]
     }
+    _write_json(f"{ckpt[: -len('.ckpt.pw')]}.pw_models.json", list(ests))  # names the checkpoint's stack (reports)
     fit_stacked(
         list(ests.values()),
         train,
@@ -368,7 +370,7 @@ def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, p
 
 
 # ---------------------------------------------------------------------------- files
-def _write_json(path: str, obj: dict) -> None:
+def _write_json(path: str, obj: object) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f)

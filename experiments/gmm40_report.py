@@ -11,12 +11,17 @@ Reads the ``results.csv`` and ``curves.csv`` of one or more run folders (e.g. th
   whether any P-W configuration reaches a lower best or last test NLL than the dual.
 
     python experiments/gmm40_report.py RUN/main RUN/pw RUN/wgan --out experiments/results/gmm40_h200
+
+``--in-progress`` reads the checkpoints of runs not yet finished instead (``RUN/*/jobs/*.ckpt*``:
+the dual, the NF, WGAN-GP and the stacked P-W), every curve cut at the iteration that all of them
+reached (or ``--at``), so that a run spanning several device sessions can be reported as it stands.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -36,10 +41,59 @@ def read(folders: list[Path]) -> tuple[list[dict], list[dict]]:
     return rows, curves
 
 
-def as_float(v: str | None) -> float:
+def read_checkpoints(folders: list[Path], at: int | None = None) -> tuple[list[dict], list[dict], int]:
+    """Rows and curves of the gmm40 checkpoints under ``folders``, cut at a common iteration."""
+    import torch
+
+    found: list[tuple[str, str, list[float], list[float], list[float]]] = []  # model, seed, its, nll, log zeta
+    for folder in folders:
+        for path in sorted(folder.glob("jobs/gmm40_seed*.ckpt*")):
+            if path.name.endswith(".tmp"):
+                continue
+            seed = path.name.split("seed")[1].split(".")[0]
+            state = torch.load(path, weights_only=False, map_location="cpu")
+            kind = path.name.split(".ckpt")[1]
+            if kind == ".pw":
+                names = json.loads((path.parent / f"gmm40_seed{seed}.pw_models.json").read_text())
+                for name, h in zip(names, state["histories"]):
+                    found.append((name, seed, h["epoch"], h["val_nll_p"], h["val_log_zeta"]))
+            elif kind == "":
+                h = state["history"]
+                found.append((DUAL, seed, h["epoch"], h["val_nll_p"], h["val_log_zeta"]))
+                found.append(("jeffreys_q", seed, h["epoch"], h["val_nll_q"], h["val_log_zeta"]))
+            else:
+                h = state["history"]
+                its = h.get("iteration", h.get("epoch"))
+                model = "nf" if kind == ".nf" else f"wgan_lr{kind[len('.wgan') :]}"
+                found.append((model, seed, its, h["val_nll_p"], [math.nan] * len(its)))
+    if not found:
+        raise SystemExit("No gmm40 checkpoints under these folders.")
+    cut = at if at is not None else int(min(max(f[2]) for f in found))
+    rows, curves = [], []
+    for model, seed, its, nll, zeta in found:
+        keep = [i for i, it in enumerate(its) if it <= cut]
+        y = np.array([nll[i] for i in keep], dtype=float)
+        ok = np.isfinite(y)
+        best = float(np.nanmin(y)) if ok.any() else math.nan
+        rows.append(
+            dict(
+                model=model,
+                seed=seed,
+                best_test_nll=best,
+                last_test_nll=float(y[-1]) if len(y) else math.nan,
+                status="ok" if ok.all() else "diverged",
+                iterations=cut,
+                device="checkpoint",
+            )
+        )
+        curves += [dict(model=model, seed=seed, iteration=its[i], test_nll=nll[i], log_zeta=zeta[i]) for i in keep]
+    return rows, curves, cut
+
+
+def as_float(v: str | float | None) -> float:
     try:
         return float(v) if v not in (None, "") else math.nan
-    except ValueError:
+    except (TypeError, ValueError):
         return math.nan
 
 
@@ -164,8 +218,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="density2d.py output folders")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--in-progress", action="store_true", help="report the runs' checkpoints (unfinished runs)")
+    p.add_argument("--at", type=int, default=None, help="with --in-progress: cut every curve here")
     args = p.parse_args(argv)
-    rows, curves = read(args.runs)
+    if args.in_progress:
+        rows, curves, cut = read_checkpoints(args.runs, args.at)
+        print(f"In progress: every curve cut at iteration {cut}.")
+    else:
+        rows, curves = read(args.runs)
     if not rows:
         raise SystemExit("No gmm40 rows in these runs.")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -266,3 +266,34 @@ def test_gmm40_report_tables_and_checks_the_fig2_claim(tmp_path):
     assert "1 of 2 P-W configurations lower than the dual (pw_fw5_rv1)" in text  # best: 0.9 < 1.1
     assert "0 of 2 P-W configurations lower than the dual" in text  # last: 1.5, 1.6 > 1.3
     assert (tmp_path / "out" / "fig2_pw.png").exists() and (tmp_path / "out" / "fig3.png").exists()
+
+
+def test_gmm40_report_in_progress_reads_every_kind_of_checkpoint(tmp_path):
+    import json
+
+    from sbi_jeffreys.baselines import PenaltyDensityEstimator
+    from sbi_jeffreys.baselines.stacked import fit_stacked
+
+    jobs = tmp_path / "run" / "jobs"
+    jobs.mkdir(parents=True)
+    train, test = load_toy2d("gmm40", num_train=64, num_test=100, seed=0)
+    tiny = dict(flow_transforms=1, flow_hidden=(8,), seed=0)
+    fit = dict(test=test, eval_every=2, show_progress=False)
+    ebm = dict(energy_width=8, energy_blocks=1, num_zeta_samples=16)
+    ckpt = jobs / "gmm40_seed0.ckpt"
+    dual = JeffreysDensityEstimator(2, **tiny, **ebm)
+    dual.fit(train, iterations=6, checkpoint_path=ckpt, **fit)
+    NFDensityEstimator(2, **tiny).fit(train, iterations=4, checkpoint_path=f"{ckpt}.nf", **fit)
+    pw = [
+        PenaltyDensityEstimator(2, w_fw=w, **tiny, energy_width=8, energy_blocks=1, num_zeta_samples=16) for w in (1, 5)
+    ]
+    fit_stacked(pw, train, iterations=8, checkpoint_path=f"{ckpt}.pw", **fit)
+    (jobs / "gmm40_seed0.pw_models.json").write_text(json.dumps(["pw_fw1_rv1", "pw_fw5_rv1"]))
+
+    from experiments.gmm40_report import main
+
+    summary = {s["model"]: s for s in main([str(tmp_path / "run"), "--in-progress", "--out", str(tmp_path / "out")])}
+    assert set(summary) == {"jeffreys_p", "jeffreys_q", "nf", "pw_fw1_rv1", "pw_fw5_rv1"}
+    assert {s["iterations"] for s in summary.values()} == {4}  # cut where the shortest (the NF) stands
+    assert summary["jeffreys_p"]["best_mean"] == pytest.approx(min(dual.history["val_nll_p"][:2]))
+    assert summary["pw_fw5_rv1"]["best_mean"] == pytest.approx(min(pw[1].history["val_nll_p"][:2]))
