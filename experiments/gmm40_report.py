@@ -1,7 +1,8 @@
 """Paper Fig. 2, 3 and their table from `experiments/density2d.py` runs on the 40-GMM.
 
-Reads the ``results.csv`` and ``curves.csv`` of one or more run folders (e.g. the ``main``,
-``pw`` and ``wgan`` sweeps of ``experiments/configs/gmm40.json``) and writes into ``--out``:
+Reads the ``results.csv`` and ``curves.csv`` of one or more run folders (e.g. the ``nf``,
+``dual``, ``pw``, ``wgan_hi`` and ``wgan_lo`` sweeps of ``experiments/configs/gmm40.json``) and
+writes into ``--out``:
 
 * ``fig2_pw.png``: test NLL of p_theta and log zeta over training, the dual against every
   fixed-weight (P-W) configuration (paper Fig. 2);
@@ -10,7 +11,7 @@ Reads the ``results.csv`` and ``curves.csv`` of one or more run folders (e.g. th
   max |log zeta| over training, seeds and diverged runs, and the paper's Fig. 2 claim checked:
   whether any P-W configuration reaches a lower best or last test NLL than the dual.
 
-    python experiments/gmm40_report.py RUN/main RUN/pw RUN/wgan --out experiments/results/gmm40_h200
+    python experiments/gmm40_report.py RUN/nf RUN/dual RUN/pw RUN/wgan_hi RUN/wgan_lo --out experiments/results/gmm40_h200
 
 ``--in-progress`` reads the checkpoints of runs not yet finished instead (``RUN/*/jobs/*.ckpt*``:
 the dual, the NF, WGAN-GP and the stacked P-W), every curve cut at the iteration that all of them
