@@ -297,3 +297,20 @@ def test_gmm40_report_in_progress_reads_every_kind_of_checkpoint(tmp_path):
     assert {s["iterations"] for s in summary.values()} == {4}  # cut where the shortest (the NF) stands
     assert summary["jeffreys_p"]["best_mean"] == pytest.approx(min(dual.history["val_nll_p"][:2]))
     assert summary["pw_fw5_rv1"]["best_mean"] == pytest.approx(min(pw[1].history["val_nll_p"][:2]))
+
+
+def test_config_passed_whole_equals_its_fields_and_rejects_mixing(ring8):
+    from sbi_jeffreys.engine import JeffreysConfig
+
+    train = ring8[0][:64]
+    config = JeffreysConfig(num_zeta_samples=32, energy_lr=3e-4, eps_zeta=0.2)
+    runs = [
+        JeffreysDensityEstimator(2, **SMALL, seed=0, **kw).fit(train, iterations=4, show_progress=False)
+        for kw in (dict(config=config), dict(num_zeta_samples=32, energy_lr=3e-4, eps_zeta=0.2))
+    ]
+    assert runs[0].config == runs[1].config and runs[0].config is not config
+    assert torch.equal(runs[0].log_prob(train[:5]), runs[1].log_prob(train[:5]))
+    with pytest.raises(ValueError, match="not both"):
+        JeffreysDensityEstimator(2, config=config, eps_zeta=0.3)
+    with pytest.raises(TypeError, match="JeffreysConfig"):
+        JeffreysDensityEstimator(2, config={"eps_zeta": 0.3})

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -126,9 +127,10 @@ class JeffreysDensityEstimator:
         device: where models and data live.
         seed: if given, ``torch.manual_seed(seed)`` before the networks are built, so that the
             same seed on the same device gives the same numbers.
-        **config_kwargs: :class:`~sbi_jeffreys.engine.JeffreysConfig` fields (learning rates,
-            ``num_zeta_samples`` = M, ``eps_zeta``, ``negative_nll`` (B.7), ``multiplier_init``...);
-            the defaults are D.2's.
+        config: the engine's hyper-parameters passed whole (a
+            :class:`~sbi_jeffreys.engine.JeffreysConfig`), or
+        **config_kwargs: its fields one by one (learning rates, ``num_zeta_samples`` = M,
+            ``eps_zeta``, ``negative_nll`` (B.7), ``multiplier_init``...); the defaults are D.2's.
 
     Attributes:
         flow, energy: the trained :math:`p_\theta` and :math:`f_\psi/T` (after :meth:`fit`).
@@ -152,8 +154,13 @@ class JeffreysDensityEstimator:
         warm_start_steps: int = 0,
         device: str | torch.device = "cpu",
         seed: int | None = None,
+        config: JeffreysConfig | None = None,
         **config_kwargs,
     ):
+        if config is not None and config_kwargs:
+            raise ValueError(f"Give config or its fields {sorted(config_kwargs)}, not both.")
+        if config is not None and not isinstance(config, JeffreysConfig):
+            raise TypeError(f"config must be a JeffreysConfig, got {type(config).__name__}.")
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be a positive int, got {features!r}.")
         if not temperature > 0:
@@ -171,7 +178,8 @@ class JeffreysDensityEstimator:
         self.warm_start_steps = warm_start_steps
         self.device = torch.device(device)
         self.seed = seed
-        self.config = JeffreysConfig(**config_kwargs)  # fails early on bad hyper-parameters
+        # a copy (the caller's object stays theirs); fields fail early on bad hyper-parameters
+        self.config = replace(config) if config is not None else JeffreysConfig(**config_kwargs)
         self.flow: UnconditionalFlow | None = None
         self.energy: ResidualEnergy | FlowTiltedEnergy | None = None
         self.trainer: JeffreysTrainer | None = None
