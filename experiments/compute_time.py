@@ -1,11 +1,13 @@
-r"""Compute time per iteration (paper App. E, Fig. 8a): Jeffreys at several M vs the NF baseline.
+r"""Compute time per iteration (paper App. E, Fig. 8a): Jeffreys at several M vs the NF and WGAN-GP.
 
 Each model is built once on the same training set (paper settings: full batch of 1,000 points,
 NSF 5 transforms x 8 bins, EBM 6 residual blocks x 64) and timed side by side in one process:
 ``--rounds`` rounds, each timing ``--iterations`` full-batch steps of every model in turn after
 ``--warmup`` untimed steps, so that load changes on the machine hit all models alike. A Jeffreys
 step is one GDA step of Algorithm 3 (M ζ-samples under stop-gradient, N reverse-KL samples,
-backward, Adam for θ and ψ, multiplier ascent); an NF step is one Adam step on the NLL.
+backward, Adam for θ and ψ, multiplier ascent); an NF step is one Adam step on the NLL; a
+WGAN-GP iteration is five critic steps (each drawing a fresh batch from the generator, with the
+gradient penalty's double backward) and one generator step.
 
 Writes ``OUT/compute_time.csv`` (one row per model x round), ``OUT/compute_time_summary.csv``
 (median and min seconds/iteration, ratio to NF, ATen operator calls per iteration: the work
@@ -45,6 +47,7 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from sbi_jeffreys.adapters.density import JeffreysDensityEstimator  # noqa: E402
 from sbi_jeffreys.baselines.nf import NFDensityEstimator  # noqa: E402
+from sbi_jeffreys.baselines.wgan import WGANGPDensityEstimator  # noqa: E402
 from sbi_jeffreys.datasets import DATASETS, load_toy2d  # noqa: E402
 
 
@@ -68,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-wgan", dest="wgan", action="store_false", help="leave WGAN-GP out (Fig. 8a has it)")
     p.add_argument("--out", type=Path, default=Path("runs/compute_time"))
     args = p.parse_args(argv)
     for name in ("iterations", "rounds", "num_train"):
@@ -151,6 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     nf.build(train)
     models["nf"] = ("nf", None, nf.train_step)
     eager["nf"] = nf.step
+    if args.wgan:  # one generator iteration: critic_steps critic steps and one generator step
+        wgan = WGANGPDensityEstimator(2, device=device, seed=args.seed, cuda_graph=graph)
+        wgan.build(x)
+        models["wgan_gp"] = ("wgan_gp", None, wgan.step)
+        eager["wgan_gp"] = lambda batch: wgan._iteration(batch, batch.shape[0])
 
     ops = {name: ops_per_step(step, x) for name, step in eager.items()}
     for _, _, step in models.values():  # a recorded step needs 3 warm-up calls + 1 recording
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({args.rounds} rounds x {args.iterations} steps, median):"
     )
     for s in summary:
-        label = "NF" if s["model"] == "nf" else f"Jeffreys M={s['num_zeta_samples']}"
+        label = {"nf": "NF", "wgan_gp": "WGAN-GP"}.get(s["model"], f"Jeffreys M={s['num_zeta_samples']}")
         print(
             f"  {label:>20}: {1e3 * s['median_seconds_per_iteration']:8.2f} ms/iter "
             f"({s['iterations_per_second']:.1f} it/s), ratio to NF {s['ratio_to_nf']:.2f}; "
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def plot(summary: list[dict], path: Path, device: torch.device) -> None:
-    """Fig. 8a: time per iteration against M for Jeffreys, NF as a horizontal line."""
+    """Fig. 8a: time per iteration against M for Jeffreys, NF and WGAN-GP as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,6 +247,9 @@ def plot(summary: list[dict], path: Path, device: torch.device) -> None:
         label="Jeffreys (ours)",
     )
     ax.axhline(1e3 * nf["median_seconds_per_iteration"], color="C3", ls="--", label="NF")
+    for s in summary:
+        if s["model"] == "wgan_gp":
+            ax.axhline(1e3 * s["median_seconds_per_iteration"], color="C2", ls=":", label="WGAN-GP")
     ax.set(
         xscale="log",
         xlabel="M (ζ samples)",

@@ -328,7 +328,9 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
     for lr in settings.get("wgan_lrs", []):
         if f"wgan_lr{lr:g}" in out["curves"]:
             continue  # finished before the job was cut
-        wgan = WGANGPDensityEstimator(2, **flow_arch, generator_lr=lr, critic_lr=1e-5, device=dev, seed=seed)
+        wgan = WGANGPDensityEstimator(
+            2, **flow_arch, generator_lr=lr, critic_lr=1e-5, device=dev, seed=seed, cuda_graph=graph
+        )
         wgan.fit(train, **common, checkpoint_path=f"{ckpt}.wgan{lr:g}", resume=True)
         record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan))
         _write_json(partial, out)

@@ -11,7 +11,8 @@ writes into ``--out``:
   max |log zeta| over training, seeds and diverged runs, and the paper's Fig. 2 claim checked:
   whether any P-W configuration reaches a lower best or last test NLL than the dual.
 
-    python experiments/gmm40_report.py RUN/nf RUN/dual RUN/pw RUN/wgan_hi RUN/wgan_lo --out experiments/results/gmm40_h200
+    python experiments/gmm40_report.py RUN/nf RUN/dual RUN/pw RUN/wgan_hi RUN/wgan_lo \\
+        --out experiments/results/gmm40_h200
 
 ``--in-progress`` reads the checkpoints of runs not yet finished instead (``RUN/*/jobs/*.ckpt*``:
 the dual, the NF, WGAN-GP and the stacked P-W), every curve cut at the iteration that all of them

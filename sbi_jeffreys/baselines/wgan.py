@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbi_jeffreys.adapters.density import as_data, build_flow, chunked
+from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.nets import ResidualEnergy, refresh_spectral_norm
 from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
 
@@ -55,7 +57,8 @@ class WGANGPDensityEstimator:
     r"""A flow trained as the generator of a WGAN-GP (module docstring), with the density
     estimators' interface: ``fit(train, iterations=, batch_size=, test=, eval_every=)``,
     ``history`` (``val_nll_p``: the generator's test NLL; ``critic_loss``, ``generator_loss``),
-    ``log_prob``, ``sample``."""
+    ``log_prob``, ``sample``. ``cuda_graph=True`` replays each iteration (all its critic steps
+    and the generator step) as one CUDA graph on a CUDA device."""
 
     def __init__(
         self,
@@ -73,6 +76,7 @@ class WGANGPDensityEstimator:
         betas: tuple[float, float] = (0.0, 0.9),
         device: str | torch.device = "cpu",
         seed: int | None = None,
+        cuda_graph: bool = False,
     ):
         if not isinstance(features, int) or features < 1:
             raise ValueError(f"features must be a positive int, got {features!r}.")
@@ -83,13 +87,14 @@ class WGANGPDensityEstimator:
         self.critic_kwargs = dict(width=critic_width, blocks=critic_blocks)
         self.generator_lr, self.critic_lr, self.penalty = generator_lr, critic_lr, penalty
         self.critic_steps, self.betas = critic_steps, betas
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.flow: Any = None
         self.critic: ResidualEnergy | None = None
         self.history: dict[str, list[float]] = {}
         self.timing: dict[str, float] = {}
 
     def build(self, train: Tensor) -> None:
-        """Fresh generator (standardised on ``train``) and critic."""
+        """Fresh generator (standardised on ``train``), critic and their Adams (no step)."""
         train = as_data(train, self.features, self.device, "train")
         if self.seed is not None:
             torch.manual_seed(self.seed)
@@ -97,6 +102,45 @@ class WGANGPDensityEstimator:
         mean, std = train.mean(0), train.std(0, correction=0).clamp_min(1e-6)
         width, blocks = self.critic_kwargs["width"], self.critic_kwargs["blocks"]
         self.critic = ResidualEnergy(self.features, width, blocks, mean=mean, std=std).to(self.device)
+        graph = self.cuda_graph
+        self.opt_g = torch.optim.Adam(self.flow.parameters(), lr=self.generator_lr, betas=self.betas, capturable=graph)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=self.critic_lr, betas=self.betas, capturable=graph)
+        self._losses = torch.zeros(2, device=self.device)  # the last iteration's (L_D, L_G)
+        self._graphs: dict[int, StepGraph] = {}  # one recording per batch size
+
+    def step(self, train: Tensor, batch_size: int | None = None) -> Tensor:
+        """One iteration (``critic_steps`` critic steps, then one generator step) on batches
+        drawn with replacement from ``train`` (already on the device); a replayed CUDA graph with
+        ``cuda_graph``. Returns the last critic and generator losses ``(2,)`` (no host sync)."""
+        if self.critic is None:
+            raise RuntimeError("Call build() (or fit()) before step().")
+        b = train.shape[0] if batch_size is None else min(batch_size, train.shape[0])
+        if self.cuda_graph:
+            self._graphs.setdefault(b, StepGraph(functools.partial(self._iteration, b=b)))(train)
+        else:
+            self._iteration(train, b)
+        return self._losses.clone()
+
+    def _iteration(self, train: Tensor, b: int) -> None:
+        # graph-safe: no host syncs; the losses land in a fixed buffer
+        flow, critic, n = self.flow, self.critic, train.shape[0]
+        assert critic is not None
+        for _ in range(self.critic_steps):
+            real = train[torch.randint(0, n, (b,), device=self.device)]
+            with torch.no_grad():
+                fake = flow.sample((b,))[:, 0]
+            refresh_spectral_norm(critic)
+            d_loss = critic(fake).mean() - critic(real).mean()
+            d_loss = d_loss + self.penalty * gradient_penalty(critic, real, fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        fake, _ = flow.sample_and_log_prob((b,))
+        g_loss = -critic(fake[:, 0]).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        self._losses.copy_(torch.stack([d_loss.detach(), g_loss.detach()]))
 
     def fit(
         self,
@@ -118,12 +162,8 @@ class WGANGPDensityEstimator:
         if iterations < 1 or eval_every < 1:
             raise ValueError("iterations and eval_every must be >= 1.")
         self.build(train)
-        flow, critic = self.flow, self.critic
+        flow, critic, opt_g, opt_d = self.flow, self.critic, self.opt_g, self.opt_d
         assert critic is not None
-        opt_g = torch.optim.Adam(flow.parameters(), lr=self.generator_lr, betas=self.betas)
-        opt_d = torch.optim.Adam(critic.parameters(), lr=self.critic_lr, betas=self.betas)
-        n = train.shape[0]
-        b = n if batch_size is None else min(batch_size, n)
         self.history, first = {}, 1
         if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
             state = torch.load(checkpoint_path, weights_only=True, map_location=self.device)
@@ -134,23 +174,10 @@ class WGANGPDensityEstimator:
             restore_rng(state)
         start, eval_seconds = time.perf_counter(), 0.0
         for it in tqdm(range(first, iterations + 1), disable=not show_progress, desc="WGAN-GP"):
-            for _ in range(self.critic_steps):
-                real = train[torch.randint(0, n, (b,), device=self.device)]
-                with torch.no_grad():
-                    fake = flow.sample((b,))[:, 0]
-                refresh_spectral_norm(critic)
-                d_loss = critic(fake).mean() - critic(real).mean()
-                d_loss = d_loss + self.penalty * gradient_penalty(critic, real, fake)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            fake, _ = flow.sample_and_log_prob((b,))
-            g_loss = -critic(fake[:, 0]).mean()
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
+            losses = self.step(train, batch_size)
             if it % eval_every == 0 or it == iterations:
-                record = {"iteration": float(it), "critic_loss": d_loss.item(), "generator_loss": g_loss.item()}
+                d_loss, g_loss = losses.tolist()
+                record = {"iteration": float(it), "critic_loss": d_loss, "generator_loss": g_loss}
                 if test is not None:
                     t0 = time.perf_counter()
                     record["val_nll_p"] = float(-self.log_prob(test).mean())
