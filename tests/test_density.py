@@ -314,3 +314,19 @@ def test_config_passed_whole_equals_its_fields_and_rejects_mixing(ring8):
         JeffreysDensityEstimator(2, config=config, eps_zeta=0.3)
     with pytest.raises(TypeError, match="JeffreysConfig"):
         JeffreysDensityEstimator(2, config={"eps_zeta": 0.3})
+
+
+def test_nll_vs_m_reads_m_from_each_run(tmp_path):
+    from experiments.nll_vs_m import main
+
+    script = ROOT / "experiments" / "density2d.py"
+    common = ["--quick", "--datasets", "ring8", "--seeds", "0", "--iterations", "6", "--eval-every", "3"]
+    for m in (8, 32):
+        args = [*common, "--num-test", "100", "--models", "jeffreys", "--num-zeta-samples", str(m)]
+        subprocess.run([sys.executable, str(script), *args, "--out", str(tmp_path / f"M{m}")], check=True)
+    rows = main([str(tmp_path / "M8"), str(tmp_path / "M32"), "--out", str(tmp_path / "out")])
+    assert [(r["num_zeta_samples"], r["model"]) for r in rows] == [
+        (8, "jeffreys_p"), (8, "jeffreys_q"), (32, "jeffreys_p"), (32, "jeffreys_q")
+    ]  # fmt: skip
+    assert all(math.isfinite(r["best_mean"]) and r["seeds"] == 1 for r in rows)
+    assert (tmp_path / "out" / "fig8b.png").exists()
