@@ -7,6 +7,7 @@ and two epochs so that each test takes seconds on two CPU cores.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 import torch
@@ -178,12 +180,15 @@ def test_batched_torch_c2st_agrees_with_sbibm():
     [pytest.param(m, marks=needs_jeffreys) if m.startswith("jeffreys") else m for m in available_methods()],
 )
 def test_adapter_returns_sbibm_shapes(method):
+    spec = get_method(method)
+    if spec.posterior_kwargs.get("sample_with") == "langevin":  # shapes, not mixing: 50 steps, not 2,000
+        spec = dataclasses.replace(spec, posterior_kwargs=MappingProxyType({**spec.posterior_kwargs, "num_steps": 50}))
     samples, used, log_prob_true = run_method(
         "two_moons",
         50,
         200,
         num_observation=3,
-        method=method,
+        method=spec,
         seed=1,
         train_kwargs=_tiny_train(method),
     )

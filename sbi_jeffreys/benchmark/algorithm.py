@@ -242,7 +242,7 @@ def run_method(
     num_observation: Optional[int] = None,
     observation: Optional[torch.Tensor] = None,
     *,
-    method: str = "npe",
+    method: str | MethodSpec = "npe",
     seed: int = 0,
     device: str = "cpu",
     train_kwargs: Optional[Mapping[str, Any]] = None,
