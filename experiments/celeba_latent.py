@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import sys
 import time
@@ -31,6 +32,7 @@ from sbi_jeffreys.adapters.latent import LatentDensityEstimator, paper_d3
 from sbi_jeffreys.baselines import NFDensityEstimator
 from sbi_jeffreys.engine import TrainingDivergedError
 from sbi_jeffreys.images import DATASETS, FID, Autoencoder, load_images
+from sbi_jeffreys.trainer_state import atomic_save
 
 LABELS = {"nf": "NF", "jeffreys_tilted": "p_theta (flow-tilted)", "jeffreys": "p_theta (paper EBM)"}
 PLOT_LABELS = {**LABELS, "jeffreys_tilted_proxy": "q_psi (flow-tilted, resampled)"}
@@ -50,6 +52,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=tuple(LABELS), default=list(LABELS))
     p.add_argument("--epochs", type=int, default=None, help="density epochs (paper 40; quick 3)")
     p.add_argument("--codec-epochs", type=int, default=None, help="autoencoder epochs (paper 20; quick 2)")
+    p.add_argument(
+        "--codec", default=None, help="autoencoder file: loaded if it exists, else trained and saved (shared by runs)"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT training images (quick: 2000)")
     p.add_argument(
@@ -93,6 +98,27 @@ def grid(images: torch.Tensor, rows: int):
     return x.view(rows, cols, 3, s, s).permute(0, 3, 1, 4, 2).reshape(rows * s, cols * s, 3).cpu().numpy()
 
 
+def shared_codec(codec: Autoencoder, train: torch.Tensor, args: argparse.Namespace) -> list[float]:
+    """Load the autoencoder from ``args.codec``, or train it and save it there. An exclusive file
+    lock makes parallel runs of one configuration train it once and share it: the FID floor moves
+    by about 5 between trainings of one seed on a GPU, so methods are compared on one codec."""
+    import fcntl
+
+    key = dict(dataset=args.dataset, seed=args.seed, epochs=args.codec_epochs, quick=args.quick, limit=args.limit)
+    os.makedirs(os.path.dirname(os.path.abspath(args.codec)), exist_ok=True)
+    with open(f"{args.codec}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(args.codec):
+            state = torch.load(args.codec, map_location=args.device, weights_only=True)
+            if state["key"] != key:
+                raise SystemExit(f"{args.codec} holds a codec for {state['key']}, not {key}.")
+            codec.load_state_dict(state["codec"])
+            return list(state["loss"])
+        loss = codec.fit(train, epochs=args.codec_epochs, batch_size=args.batch_size, show_progress=args.progress)
+        atomic_save(dict(codec=codec.state_dict(), loss=loss, key=key), args.codec)
+        return loss
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
     out = Path(args.out)
@@ -105,7 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.dataset}: {len(train)} training, {len(test)} held-out images; FID at N = {n_fid}", flush=True)
 
     codec = Autoencoder(latent=100, size=64, hidden=256 if args.quick else 1024).to(args.device)
-    codec_loss = codec.fit(train, epochs=args.codec_epochs, batch_size=args.batch_size, show_progress=args.progress)
+    codec_loss = (
+        shared_codec(codec, train, args)
+        if args.codec
+        else codec.fit(train, epochs=args.codec_epochs, batch_size=args.batch_size, show_progress=args.progress)
+    )
+    torch.manual_seed(args.seed + 1)  # the density models' numbers do not depend on where the codec came from
     summary: dict = {
         "dataset": args.dataset,
         "is_celeba": args.dataset == "celeba",

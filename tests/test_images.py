@@ -185,3 +185,24 @@ def test_latent_adapter_runs_the_jeffreys_engine_with_the_d3_preset():
     hist = model.history
     assert hist["one"] == [1.0, 1.0] and all(np.isfinite(hist["log_zeta"]))
     assert model.sample_images(3).shape == (3, 3, 16, 16)
+
+
+def test_shared_codec_trains_once_then_loads_and_refuses_another_setting(tmp_path):
+    import argparse
+
+    from experiments.celeba_latent import shared_codec
+
+    images = torch.rand(16, 3, 16, 16) * 2 - 1
+    args = argparse.Namespace(
+        codec=str(tmp_path / "codec.pt"), dataset="orl", seed=0, codec_epochs=2, quick=True, limit=None,
+        batch_size=8, progress=False, device="cpu",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    trained = Autoencoder(latent=4, size=16, hidden=16)
+    loss = shared_codec(trained, images, args)
+    loaded = Autoencoder(latent=4, size=16, hidden=16)  # fresh weights, replaced by the file's
+    assert shared_codec(loaded, images, args) == loss and len(loss) == 2
+    for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(SystemExit, match="holds a codec"):
+        shared_codec(Autoencoder(latent=4, size=16, hidden=16), images, argparse.Namespace(**{**vars(args), "seed": 1}))
