@@ -8,6 +8,9 @@ Also reports the floors at the same N: held-out real images, and their reconstru
     python experiments/celeba_latent.py --dataset celeba --data-root /data/celeba --out runs/celeba
     python experiments/celeba_latent.py --dataset orl --quick --out runs/orl_quick   # CPU, minutes
 
+Methods compared in separate runs should share one autoencoder: ``--codec FILE`` trains it once
+and saves it there (under a file lock, so parallel runs wait for it), later runs load it.
+
 Outputs in --out: latent_epochs.csv (per method and epoch: FID, held-out code NLL, ...),
 summary.json (best/last FID, floors, reconstruction MSE, timings, settings), samples.png
 (decoded samples of both models from the same latent seed, as Fig. 5), fid_curve.png.
