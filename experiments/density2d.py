@@ -141,6 +141,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-test", type=int, default=None, help="default: 10,000 (2000 with --quick)")
     p.add_argument("--warm-start-steps", type=int, default=0, help="B.8 warm start of the EBM (D.2: none)")
     p.add_argument(
+        "--min-rv-multiplier",
+        type=float,
+        default=0.0,
+        help="floor of the dual's lambda_rv (beyond the paper; 0: none, as in the paper)",
+    )
+    p.add_argument(
         "--pw-weights",
         nargs="*",
         default=[],
@@ -193,7 +199,12 @@ def job_settings(args: argparse.Namespace, dataset: str, device: str) -> dict:
         cuda_graph=args.cuda_graph,
         warm_start_steps=args.warm_start_steps,
         arch={**base["flow"], **base["energy"]},
-        config={**CONFIG, "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"]},
+        config={
+            **CONFIG,
+            "num_zeta_samples": args.num_zeta_samples or base["num_zeta_samples"],
+            # only when set, so that earlier finished jobs keep matching their settings
+            **({"min_rv_multiplier": args.min_rv_multiplier} if args.min_rv_multiplier else {}),
+        },
         nf_lr=NF_LR,
         pw_weights=[[float(w) for w in pair.split(",")] for pair in args.pw_weights],
         wgan_lrs=list(args.wgan_lrs),
