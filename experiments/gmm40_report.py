@@ -53,7 +53,7 @@ def read_checkpoints(folders: list[Path], at: int | None = None) -> tuple[list[d
             if path.name.endswith(".tmp"):
                 continue
             seed = path.name.split("seed")[1].split(".")[0]
-            state = torch.load(path, weights_only=False, map_location="cpu")
+            state = torch.load(path, weights_only=True, map_location="cpu")
             kind = path.name.split(".ckpt")[1]
             if kind == ".pw":
                 names = json.loads((path.parent / f"gmm40_seed{seed}.pw_models.json").read_text())
