@@ -328,3 +328,28 @@ def test_nll_vs_m_reads_m_from_each_run(tmp_path):
     ]  # fmt: skip
     assert all(math.isfinite(r["best_mean"]) and r["seeds"] == 1 for r in rows)
     assert (tmp_path / "out" / "fig8b.png").exists()
+
+
+def test_density2d_cut_job_keeps_its_finished_nf_and_resumes_the_dual(tmp_path, monkeypatch):
+    from experiments import density2d
+
+    args = density2d.parse_args(["--quick", "--datasets", "ring8", "--seeds", "0", "--iterations", "6"])
+    settings = density2d.job_settings(args, "ring8", "cpu")
+    settings.update(num_test=100, eval_every=3)
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt  # the job is cut while the dual trains
+
+    monkeypatch.setattr(density2d.JeffreysDensityEstimator, "fit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        density2d.run_job("ring8", 0, settings, str(tmp_path))
+    assert (tmp_path / "ring8_seed0.partial.json").exists()
+    monkeypatch.undo()
+
+    def retrained(self, *a, **k):
+        raise AssertionError("the finished NF was trained again")
+
+    monkeypatch.setattr(density2d.NFDensityEstimator, "fit", retrained)
+    out = density2d.run_job("ring8", 0, settings, str(tmp_path))
+    assert [r["model"] for r in out["rows"]] == ["nf", "jeffreys_p", "jeffreys_q"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ring8_seed0.json"]  # checkpoints and partial removed
