@@ -14,6 +14,7 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "tutorials" / "01_quickstart.ipynb"
 
+ONE_THREAD = {"TUTORIAL_TORCH_THREADS": "1", "OMP_NUM_THREADS": "1"}
 TINY_BUDGET = {
     "TUTORIAL_NUM_SIMULATIONS": "300",
     "TUTORIAL_MAX_EPOCHS": "2",
@@ -22,8 +23,7 @@ TINY_BUDGET = {
     "TUTORIAL_NUM_SBC_SAMPLES": "50",
     "TUTORIAL_LANGEVIN_STEPS": "20",
     "TUTORIAL_NUM_ZETA_SAMPLES": "4",
-    "TUTORIAL_TORCH_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
+    **ONE_THREAD,
     "MKL_NUM_THREADS": "1",
 }
 
@@ -92,8 +92,7 @@ DENSITY_BUDGET = {
     "TUTORIAL_ITERATIONS": "30",
     "TUTORIAL_CODEC_EPOCHS": "2",
     "TUTORIAL_LATENT_EPOCHS": "4",
-    "TUTORIAL_TORCH_THREADS": "1",
-    "OMP_NUM_THREADS": "1",
+    **ONE_THREAD,
 }
 
 

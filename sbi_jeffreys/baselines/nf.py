@@ -171,7 +171,7 @@ class NFDensityEstimator:
                 self._history.setdefault(key, []).append(v)
             bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k != "epoch"})
             if checkpoint_path is not None:
-                atomic_save(self.state_dict(), checkpoint_path)
+                self.save(checkpoint_path)
             return True
 
         start = time.perf_counter()
@@ -192,6 +192,10 @@ class NFDensityEstimator:
             "history": {k: list(v) for k, v in self._history.items()},
             **rng_state(),
         }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` atomically (temp file + rename)."""
+        atomic_save(self.state_dict(), path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Load a :meth:`state_dict` checkpoint into the built flow (``weights_only``)."""

@@ -91,6 +91,7 @@ class WGANGPDensityEstimator:
         self.flow: Any = None
         self.critic: ResidualEnergy | None = None
         self.history: dict[str, list[float]] = {}
+        self.iteration = 0  # generator steps done
         self.timing: dict[str, float] = {}
 
     def build(self, train: Tensor) -> None:
@@ -162,19 +163,13 @@ class WGANGPDensityEstimator:
         if iterations < 1 or eval_every < 1:
             raise ValueError("iterations and eval_every must be >= 1.")
         self.build(train)
-        flow, critic, opt_g, opt_d = self.flow, self.critic, self.opt_g, self.opt_d
-        assert critic is not None
-        self.history, first = {}, 1
+        self.history, self.iteration = {}, 0
         if resume and checkpoint_path is not None and os.path.exists(checkpoint_path):
-            state = torch.load(checkpoint_path, weights_only=True, map_location=self.device)
-            for obj, key in ((flow, "flow"), (critic, "critic"), (opt_g, "opt_g"), (opt_d, "opt_d")):
-                obj.load_state_dict(state[key])
-            self.history = {k: list(v) for k, v in state["history"].items()}
-            first = int(state["iteration"]) + 1
-            restore_rng(state)
+            self.load(checkpoint_path)
         start, eval_seconds = time.perf_counter(), 0.0
-        for it in tqdm(range(first, iterations + 1), disable=not show_progress, desc="WGAN-GP"):
+        for it in tqdm(range(self.iteration + 1, iterations + 1), disable=not show_progress, desc="WGAN-GP"):
             losses = self.step(train, batch_size)
+            self.iteration = it
             if it % eval_every == 0 or it == iterations:
                 d_loss, g_loss = losses.tolist()
                 record = {"iteration": float(it), "critic_loss": d_loss, "generator_loss": g_loss}
@@ -187,11 +182,39 @@ class WGANGPDensityEstimator:
                 if not all(math.isfinite(v) for v in record.values()):
                     break  # an unstable run (the paper's high-LR case) stops; its history says where
                 if checkpoint_path is not None:
-                    state = dict(flow=flow.state_dict(), critic=critic.state_dict(), iteration=it)
-                    state.update(opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), history=self.history)
-                    atomic_save({**state, **rng_state()}, checkpoint_path)
+                    self.save(checkpoint_path)
         self.timing = {"seconds": time.perf_counter() - start, "eval_seconds": eval_seconds}
         return self
+
+    def state_dict(self) -> dict:
+        """Generator, critic, both Adams, the iteration count, history and RNG states."""
+        if self.critic is None:
+            raise RuntimeError("Call build() (or fit()) first.")
+        return {
+            **{k: m.state_dict() for k, m in self._parts().items()},
+            "iteration": self.iteration,
+            "history": {k: list(v) for k, v in self.history.items()},
+            **rng_state(),
+        }
+
+    def _parts(self) -> dict[str, Any]:
+        return dict(flow=self.flow, critic=self.critic, opt_g=self.opt_g, opt_d=self.opt_d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`state_dict` atomically (temp file + rename)."""
+        atomic_save(self.state_dict(), path)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load a :meth:`state_dict` checkpoint into the built networks (``weights_only``)."""
+        if self.critic is None:
+            raise RuntimeError("Call build() first: the checkpoint fills the built networks.")
+        state = torch.load(path, weights_only=True, map_location=self.device)
+        for key, m in self._parts().items():
+            m.load_state_dict(state[key])
+        self.iteration = int(state["iteration"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        restore_rng(state)
+        self._graphs.clear()  # the optimizers' state tensors are new
 
     @torch.no_grad()
     def log_prob(self, x: Tensor) -> Tensor:
