@@ -194,13 +194,24 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fit(model, method, args, train, test, fid, n_fid) -> None:
+    start, count = time.perf_counter(), iter(range(1, 10**9))
+
+    def metrics(m: LatentDensityEstimator) -> dict[str, float]:
+        # appended as it comes, so that a run cut by a time limit keeps its curve so far
+        out = image_metrics(m, fid, n_fid, proxy=method == "jeffreys_tilted")
+        row = dict(method=method, evaluation=next(count), seconds=round(time.perf_counter() - start, 1), **out)
+        with open(Path(args.out) / "progress.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(row, flush=True)
+        return out
+
     model.fit(
         train,
         epochs=args.epochs,
         batch_size=args.batch_size,
         test_images=test,
         eval_every_epochs=args.fid_every,
-        image_metrics=lambda m: image_metrics(m, fid, n_fid, proxy=method == "jeffreys_tilted"),
+        image_metrics=metrics,
         show_progress=args.progress,
     )
 
