@@ -24,6 +24,7 @@ import csv
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -122,8 +123,18 @@ def shared_codec(codec: Autoencoder, train: torch.Tensor, args: argparse.Namespa
         return loss
 
 
+class TimeLimitReached(Exception):
+    """SIGTERM (as ``timeout`` and the launcher send it) during a training."""
+
+
+def _stop(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
+    raise TimeLimitReached
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _stop)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
@@ -161,17 +172,22 @@ def main(argv: list[str] | None = None) -> dict:
     for method in args.methods:
         model = LatentDensityEstimator(codec, estimator(method, args, codec.latent))
         start = time.perf_counter()
+        cut = False
         try:
             fit(model, method, args, train, test, fid, n_fid)
         except TrainingDivergedError as err:  # a result too: recorded, the other methods still run
             summary[method] = {"diverged": str(err), "seconds": time.perf_counter() - start}
             print(method, "diverged:", err, flush=True)
             continue
+        except TimeLimitReached:  # keep what was evaluated so far, and samples of the model as it is
+            cut = True
         hist = model.history
         keys = [k for k in hist if k not in ("epoch", "iteration")]
-        for i, epoch in enumerate(hist["epoch"]):
-            rows.append({"method": method, "epoch": int(epoch), **{k: hist[k][i] for k in keys}})
+        for i, epoch in enumerate(hist.get("epoch", [])):
+            rows.append({"method": method, "epoch": int(epoch), **{k: hist[k][i] for k in keys if i < len(hist[k])}})
         summary[method] = {"seconds": time.perf_counter() - start}
+        if cut:
+            summary[method]["cut_by_time_limit_after_epoch"] = int(hist["epoch"][-1]) if hist.get("epoch") else 0
         for key in ("fid", "fid_proxy"):
             if key in hist:
                 fids = hist[key]
@@ -190,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(method, summary[method], flush=True)
         write(out, rows, summary, args, argv, t0)  # after each method: a cut run keeps what finished
         plot(rows, samples, summary, out)
+        if cut:
+            break
     return summary
 
 
@@ -250,7 +268,8 @@ def plot(rows: list[dict], samples: dict, summary: dict, out: Path) -> None:
             if method.endswith("proxy")
             else ("best_fid", summary[method])
         )
-        ax.set_title(f"{PLOT_LABELS[method]}\nbest FID {res[key]:.1f}", fontsize=9)
+        best = f"best FID {res[key]:.1f}" if key in res else "no FID yet"
+        ax.set_title(f"{PLOT_LABELS[method]}\n{best}", fontsize=9)
         ax.axis("off")
     fig.suptitle(f"{name}: decoded samples, one latent seed\n(FID at N = {summary['fid_n']})", fontsize=9)
     fig.tight_layout()
@@ -260,8 +279,9 @@ def plot(rows: list[dict], samples: dict, summary: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for method in samples:
         base, key = (method[: -len("_proxy")], "fid_proxy") if method.endswith("proxy") else (method, "fid")
-        pts = [(r["epoch"], r[key]) for r in rows if r["method"] == base]
-        ax.plot(*zip(*pts), marker="o", ms=3, label=PLOT_LABELS[method])
+        pts = [(r["epoch"], r[key]) for r in rows if r["method"] == base and key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", ms=3, label=PLOT_LABELS[method])
     ax.axhline(summary["fid_floor_reconstructed"], ls="--", c="gray", label="reconstructed held-out")
     ax.axhline(summary["fid_floor_heldout"], ls=":", c="k", label="held-out real")
     ax.set(xlabel="epoch", ylabel=f"FID (N = {summary['fid_n']})", title=name)
