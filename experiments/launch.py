@@ -9,6 +9,7 @@ cell), with its log beside its results::
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run --limit 1400
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run --status
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run --dry-run
+    python experiments/launch.py experiments/configs/part1.json --out /tmp/run --wait 560 --pack $OUT/run.tgz
     python experiments/launch.py experiments/configs/part1.json --out /tmp/run \
         --resume-from experiments/results/part1_h200/results.csv   # skip the cells already measured
 
@@ -21,12 +22,15 @@ A configuration is JSON: ``{"description": ..., "env": {VAR: value}, "sweeps": [
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +76,53 @@ def status(out: Path, config: dict) -> None:
         print(f"{sweep['name']}: {rows} rows; {tail[0][:160] if tail else ''}")
 
 
+def running(out: Path) -> list[str]:
+    """The sweeps of ``out`` whose process (recorded in ``NAME.pid`` at launch) is still alive."""
+    alive = []
+    for pid_file in sorted(out.glob("*.pid")):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+        except (ProcessLookupError, ValueError):
+            continue
+        except PermissionError:
+            pass
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            continue  # ended, not yet reaped by its parent
+        alive.append(pid_file.stem)
+    return alive
+
+
+def wait(out: Path, seconds: float, poll: float = 5.0) -> list[str]:
+    """Wait until every launched sweep has ended or ``seconds`` have passed; the ones still running."""
+    deadline = time.monotonic() + seconds
+    while (alive := running(out)) and time.monotonic() < deadline:
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+    return alive
+
+
+def pack(out: Path, archive: Path, max_bytes: int = 5_000_000, log_tail: int = 20_000) -> list[str]:
+    """One ``.tar.gz`` of the results under ``out``: a device returns few files per call, so
+    results travel as one archive. Checkpoints (``*.pt``) and files over ``max_bytes`` stay
+    behind (their names are returned); logs keep their last ``log_tail`` bytes."""
+    left = []
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(p for p in out.rglob("*") if p.is_file()):
+            name = str(path.relative_to(out))
+            if path.suffix in (".pt", ".pid", ".lock") or path.stat().st_size > max_bytes and path.suffix != ".log":
+                left.append(name)
+            elif path.suffix == ".log":
+                data = path.read_bytes()[-log_tail:]
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(data), int(path.stat().st_mtime)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.add(path, arcname=name)
+    return left
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, help="run configuration (JSON)")
@@ -87,9 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         help="a results.csv of finished cells (e.g. a merged report's): copied into every sweep "
         "folder that has none yet, so that the sweeps skip those cells",
     )
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the launched sweeps to end")
+    p.add_argument("--pack", type=Path, metavar="ARCHIVE", help="write the results (no checkpoints) into one .tar.gz")
     args = p.parse_args(argv)
     config = load_config(args.config)
-    if args.status:
+    if args.status or args.wait is not None or args.pack is not None:
+        if args.wait is not None:
+            alive = wait(args.out, args.wait)
+            print(f"still running: {', '.join(alive)}" if alive else "all sweeps ended")
+        if args.pack is not None:
+            left = pack(args.out, args.pack)
+            print(f"packed {args.pack}" + (f"; left out: {', '.join(left)}" if left else ""))
         status(args.out, config)
         return 0
     env = {**os.environ, **{k: str(v) for k, v in config.get("env", {}).items()}}
@@ -104,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {shlex.join(cmd)}")
         if not args.dry_run:
             with open(args.out / f"{name}.log", "ab") as log:
-                subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+                )
+            (args.out / f"{name}.pid").write_text(str(proc.pid))
     return 0
 
 

@@ -1,0 +1,37 @@
+"""The GPU launcher: sweeps start detached, --wait follows them, --pack brings results as one archive."""
+
+import importlib.util
+import json
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("launch", ROOT / "experiments" / "launch.py")
+launch = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(launch)
+
+
+def test_wait_follows_the_sweeps_and_pack_leaves_checkpoints_behind(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time, pathlib\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); out.mkdir(parents=True)\n"
+        "time.sleep(float(sys.argv[-1])); (out / 'summary.json').write_text('{}')\n"
+        "(out / 'model.pt').write_bytes(b'0' * 10); print('x' * 50000)\n"
+    )
+    config = tmp_path / "c.json"
+    sweeps = [{"name": n, "script": str(script), "args": [t]} for n, t in (("fast", "0.1"), ("slow", "30"))]
+    config.write_text(json.dumps({"description": "", "sweeps": sweeps}))
+    out = tmp_path / "run"
+    assert launch.main([str(config), "--out", str(out), "--limit", "60"]) == 0
+    assert launch.wait(out, 3, poll=0.1) == ["slow"]  # the slow sweep outlives the wait
+    assert (out / "fast" / "summary.json").exists() and not (out / "slow" / "summary.json").exists()
+    left = launch.pack(out, tmp_path / "r.tgz")
+    assert "fast/model.pt" in left and not any(n.endswith(".log") for n in left)
+    with tarfile.open(tmp_path / "r.tgz") as tar:
+        names = tar.getnames()
+        log = tar.extractfile("fast.log").read()
+    assert "fast/summary.json" in names and "fast/model.pt" not in names
+    assert 0 < len(log) <= 20_000  # the log's tail only
+    launch.os.killpg(int((out / "slow.pid").read_text()), 15)
+    assert launch.wait(out, 10, poll=0.1) == []
