@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sourced at the start of every call on the GPU machine (docs/gpu.md): idempotent. Copies the
+# repository out of the tree a later call re-lays (/tmp/repo), installs the carried wheels
+# (.whl/) into /tmp/site, and keeps whatever else this call carried: the halves of the Inception
+# weights (.fid1/, .fid2/: joined into /tmp/default_1.pt once both came) and Fashion-MNIST's idx
+# files (.fmnist/ -> /tmp/fmnist).
+set -e
+cp -r . /tmp/repo
+if [ -d .whl ] && [ -n "$(ls .whl 2>/dev/null)" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+for part in .fid1/* .fid2/*; do [ -f "$part" ] && cp "$part" /tmp/; done
+if [ ! -f /tmp/default_1.pt ] && [ -f /tmp/fidpart_aa ] && [ -f /tmp/fidpart_ab ]; then
+  cat /tmp/fidpart_aa /tmp/fidpart_ab > /tmp/default_1.pt
+fi
+if [ -d .fmnist ]; then mkdir -p /tmp/fmnist && cp .fmnist/* /tmp/fmnist/; fi
+export PYTHONPATH=/tmp/repo:/tmp/site SBI_JEFFREYS_FID_WEIGHTS=/tmp/default_1.pt
+export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+cd /tmp/repo
+set +e
