@@ -206,3 +206,48 @@ def test_shared_codec_trains_once_then_loads_and_refuses_another_setting(tmp_pat
         assert torch.equal(a, b)
     with pytest.raises(SystemExit, match="holds a codec"):
         shared_codec(Autoencoder(latent=4, size=16, hidden=16), images, argparse.Namespace(**{**vars(args), "seed": 1}))
+
+
+def test_a_time_limit_cuts_the_latent_experiment_gracefully(tmp_path, monkeypatch):
+    """SIGTERM (the launcher's timeout) during a training: its evaluations so far, samples of
+    the model as it stands and the summary are written; later methods do not start."""
+    import json
+    import os
+    import signal
+
+    import experiments.celeba_latent as exp
+
+    class ConstantFID:
+        def __init__(self, **kwargs):
+            pass
+
+        def set_reference(self, images):
+            pass
+
+        def __call__(self, images):
+            return 1.0
+
+    calls = []
+
+    def metrics_then_sigterm(model, fid, n, proxy):
+        calls.append(n)
+        if len(calls) == 2:  # during the second evaluation, as `timeout` would
+            os.kill(os.getpid(), signal.SIGTERM)
+        return {"fid": float(len(calls))}
+
+    monkeypatch.setattr(exp, "FID", ConstantFID)
+    monkeypatch.setattr(exp, "image_metrics", metrics_then_sigterm)
+    monkeypatch.setattr(exp, "load_images", lambda *a, **k: torch.rand(24, 3, 64, 64) * 2 - 1)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        summary = exp.main(
+            ["--dataset", "orl", "--quick", "--epochs", "5", "--codec-epochs", "1", "--fid-every", "1",
+             "--methods", "jeffreys_tilted", "nf", "--out", str(tmp_path), "--device", "cpu"]
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert summary["jeffreys_tilted"]["cut_by_time_limit_after_epoch"] == 1
+    assert summary["jeffreys_tilted"]["best_fid"] == 1.0 and "nf" not in summary
+    assert (tmp_path / "samples.png").exists() and json.loads((tmp_path / "summary.json").read_text())
+    progress = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert [p["evaluation"] for p in progress] == [1]
