@@ -182,6 +182,12 @@ def plot(curves: list[dict], summary: list[dict], out: Path) -> None:
 
     models = [s["model"] for s in summary]
     pw = [m for m in models if m.startswith("pw_")]
+    if pw:
+        plot_fig2(plt, curves, pw, out)
+    plot_fig3(plt, curves, models, out)
+
+
+def plot_fig2(plt, curves: list[dict], pw: list[str], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in pw:
         for ax, key in zip(axes, ("test_nll", "log_zeta")):
@@ -200,6 +206,8 @@ def plot(curves: list[dict], summary: list[dict], out: Path) -> None:
     fig.savefig(out / "fig2_pw.png", dpi=110)
     plt.close(fig)
 
+
+def plot_fig3(plt, curves: list[dict], models: list[str], out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, others in zip(axes, ([NF], [m for m in models if m.startswith("wgan_")])):
         for k, m in enumerate([DUAL, *others]):

@@ -264,6 +264,13 @@ def test_gmm40_report_tables_and_checks_the_fig2_claim(tmp_path):
     assert "1 of 2 P-W configurations lower than the dual (pw_fw5_rv1)" in text  # best: 0.9 < 1.1
     assert "0 of 2 P-W configurations lower than the dual" in text  # last: 1.5, 1.6 > 1.3
     assert (tmp_path / "out" / "fig2_pw.png").exists() and (tmp_path / "out" / "fig3.png").exists()
+    # without P-W runs (e.g. the dual against WGAN-GP only) there is no Fig. 2 to draw
+    (tmp_path / "no_pw").mkdir()
+    for name in ("results.csv", "curves.csv"):
+        lines = (run / name).read_text().splitlines(keepends=True)
+        (tmp_path / "no_pw" / name).write_text("".join(x for x in lines if ",pw_" not in x))
+    subprocess.run([sys.executable, str(script), str(tmp_path / "no_pw"), "--out", str(tmp_path / "o2")], check=True)
+    assert not (tmp_path / "o2" / "fig2_pw.png").exists() and (tmp_path / "o2" / "fig3.png").exists()
 
 
 def test_gmm40_report_in_progress_reads_every_kind_of_checkpoint(tmp_path):
