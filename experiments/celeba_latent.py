@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import platform
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def fit(model, method, args, train, test, fid, n_fid) -> None:
-    start, count = time.perf_counter(), iter(range(1, 10**9))
+    start, count = time.perf_counter(), itertools.count(1)
 
     def metrics(m: LatentDensityEstimator) -> dict[str, float]:
         # appended as it comes, so that a run cut by a time limit keeps its curve so far

@@ -5,7 +5,8 @@
 # weights (.fid1/, .fid2/: joined into /tmp/default_1.pt once both came) and Fashion-MNIST's idx
 # files (.fmnist/ -> /tmp/fmnist).
 set -e
-cp -r . /tmp/repo
+mkdir -p /tmp/repo  # the code only: the carried data folders are copied where they are used
+tar --exclude=./.whl --exclude=./.fid1 --exclude=./.fid2 --exclude=./.fmnist -cf - . | tar -xf - -C /tmp/repo
 if [ -d .whl ] && [ -n "$(ls .whl 2>/dev/null)" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi

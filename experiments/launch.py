@@ -65,6 +65,13 @@ def commands(config: dict, out: Path, limit: int, only: list[str] | None) -> lis
     return runs
 
 
+def tail(path: Path, size: int) -> bytes:
+    """The last ``size`` bytes of a file, without reading the rest (logs with progress bars grow large)."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - size))
+        return fh.read()
+
+
 def status(out: Path, config: dict) -> None:
     for sweep in config["sweeps"]:
         folder = out / sweep["name"]
@@ -72,8 +79,8 @@ def status(out: Path, config: dict) -> None:
         rows = max(0, len(results.read_text().splitlines()) - 1) if results.exists() else 0
         rows += (folder / "summary.json").exists()  # a single-result experiment (celeba_latent.py)
         log = out / f"{sweep['name']}.log"
-        tail = log.read_text().strip().splitlines()[-1:] if log.exists() else ["(not started)"]
-        print(f"{sweep['name']}: {rows} rows; {tail[0][:160] if tail else ''}")
+        last = tail(log, 4096).decode(errors="replace").strip().splitlines()[-1:] if log.exists() else ["(not started)"]
+        print(f"{sweep['name']}: {rows} rows; {last[0][:160] if last else ''}")
 
 
 def running(out: Path) -> list[str]:
@@ -111,10 +118,10 @@ def pack(out: Path, archive: Path, max_bytes: int = 5_000_000, log_tail: int = 2
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             name = str(path.relative_to(out))
-            if path.suffix in (".pt", ".pid", ".lock") or path.stat().st_size > max_bytes and path.suffix != ".log":
+            if path.suffix in (".pt", ".pid", ".lock") or (path.suffix != ".log" and path.stat().st_size > max_bytes):
                 left.append(name)
             elif path.suffix == ".log":
-                data = path.read_bytes()[-log_tail:]
+                data = tail(path, log_tail)
                 info = tarfile.TarInfo(name)
                 info.size, info.mtime = len(data), int(path.stat().st_mtime)
                 tar.addfile(info, io.BytesIO(data))
