@@ -90,7 +90,7 @@ class ProxyPosterior(NeuralPosterior):
             raise ValueError(f"num_zeta_samples must be a positive integer, got {num_zeta_samples!r}.")
         device = device if device is not None else next(flow.parameters()).device
         potential = EnergyPotential(energy, prior, device=str(device), flow=flow)
-        super().__init__(potential, mcmc_transform(prior), device=device)
+        super().__init__(potential, mcmc_transform(prior, device=device), device=device)
         self.flow: Any = flow.eval()  # duck-typed sbi ConditionalDensityEstimator
         self.energy, self.prior = energy.eval(), prior
         self.num_zeta_samples = int(num_zeta_samples)
