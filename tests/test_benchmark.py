@@ -513,3 +513,32 @@ def test_merge_sweeps_tables_and_refuses_duplicates(tmp_path):
     assert (tmp_path / "merged" / "c2st_vs_budget.png").exists()
     res = subprocess.run(run + [str(tmp_path / "npe"), str(tmp_path / "npe")], capture_output=True, text=True)
     assert res.returncode != 0 and "duplicated cells" in res.stderr
+
+
+def test_c2st_compaction_continues_the_active_classifiers_exactly():
+    """Dropping stopped problems from the batch keeps each active one's Adam trajectory."""
+    from sbi_jeffreys.benchmark.c2st_torch import _compact
+
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 2, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.1)
+    target = torch.randn(3, 4, 2)
+
+    def step(params, optimizer, rows):
+        optimizer.zero_grad()
+        (params[0] - target[rows]).pow(2).sum().backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step([w], opt, torch.arange(3))
+    reference_w = w.detach().clone().requires_grad_()
+    reference = torch.optim.Adam([reference_w], lr=0.1)
+    reference.state[reference_w] = {k: v.clone() for k, v in opt.state[w].items()}
+    final = [torch.zeros(3, 4, 2)]
+    active = torch.tensor([True, False, True])
+    (kept,), kept_opt = _compact([w], opt, final, torch.arange(3), active)
+    torch.testing.assert_close(final[0][1], reference_w.detach()[1])  # the stopped one is stored
+    for _ in range(2):
+        step([kept], kept_opt, torch.tensor([0, 2]))
+        step([reference_w], reference, torch.arange(3))
+    torch.testing.assert_close(kept.detach(), reference_w.detach()[[0, 2]])
