@@ -535,8 +535,7 @@ def test_c2st_compaction_continues_the_active_classifiers_exactly():
     reference = torch.optim.Adam([reference_w], lr=0.1)
     reference.state[reference_w] = {k: v.clone() for k, v in opt.state[w].items()}
     final = [torch.zeros(3, 4, 2)]
-    active = torch.tensor([True, False, True])
-    (kept,), kept_opt = _compact([w], opt, final, torch.arange(3), active)
+    (kept,), kept_opt = _compact([w], opt, final, torch.arange(3), keep=torch.tensor([0, 2]))
     torch.testing.assert_close(final[0][1], reference_w.detach()[1])  # the stopped one is stored
     for _ in range(2):
         step([kept], kept_opt, torch.tensor([0, 2]))

@@ -132,15 +132,16 @@ def c2st_batched(
     stale = torch.zeros(p, dtype=torch.long, device=dev)
     torch_gen = torch.Generator(device=dev).manual_seed(seed)
     final = [w.detach().clone() for w in params]  # every problem's weights once it stopped
-    ids = torch.arange(p, device=dev)  # the problems still in the batch
+    ids = torch.arange(p, device=dev)  # the problems still in the batch, and their data:
+    pair_in, fold_in = pair_of, fold_of
     for _ in range(max_epochs):
         # each problem shuffles its own training set every epoch (sklearn's shuffle=True); drawn
         # for all p, so that a problem's stream does not depend on which others have stopped
         order = torch.argsort(torch.rand(p, n_train, device=dev, generator=torch_gen)[ids], dim=1)
         epoch_loss = torch.zeros(len(ids), device=dev)
-        rows = tr_idx[fold_of[:, None], order]  # (P, n_train): this epoch's order, gathered once
-        x_ep, y_ep = xs[pair_of[:, None], rows], labels[rows]
-        real_ep = (order < tr_len[fold_of, None]).float()  # padding positions do not count
+        rows = tr_idx[fold_in[:, None], order]  # (P, n_train): this epoch's order, gathered once
+        x_ep, y_ep = xs[pair_in[:, None], rows], labels[rows]
+        real_ep = (order < tr_len[fold_in, None]).float()  # padding positions do not count
         for start in range(0, n_train, batch_size):
             xb, yb = x_ep[:, start : start + batch_size], y_ep[:, start : start + batch_size]
             real = real_ep[:, start : start + batch_size]
@@ -155,7 +156,7 @@ def c2st_batched(
             (loss * active).sum().backward()
             opt.step()
             epoch_loss += loss.detach() * count
-        epoch_loss /= tr_len[fold_of].float()
+        epoch_loss /= tr_len[fold_in].float()
         # sklearn: count epochs whose loss is not below best - tol; stop after more than n of them
         improved = epoch_loss < best - tol
         stale = torch.where(improved, torch.zeros_like(stale), stale + 1)
@@ -166,9 +167,9 @@ def c2st_batched(
         if 2 * int(active.sum()) <= len(ids):
             # most have stopped: keep their weights and train only the rest (a single slow
             # problem would otherwise cost the whole batch for hundreds of epochs on a CPU)
-            params, opt = _compact(params, opt, final, ids, active)
             keep = active.nonzero().squeeze(1)
-            ids, best, stale, pair_of, fold_of = ids[keep], best[keep], stale[keep], pair_of[keep], fold_of[keep]
+            params, opt = _compact(params, opt, final, ids, keep)
+            ids, best, stale, pair_in, fold_in = ids[keep], best[keep], stale[keep], pair_in[keep], fold_in[keep]
             active = active[keep]
         # frozen problems: Adam would keep moving them on stale moments; zero their state instead
         if not active.all():
@@ -180,8 +181,6 @@ def c2st_batched(
     with torch.no_grad():
         for w_final, w in zip(final, params):
             w_final[ids] = w.detach()
-        pair_of = torch.arange(len(pairs), device=dev).repeat_interleave(n_folds)
-        fold_of = torch.arange(n_folds, device=dev).repeat(len(pairs))
         n_test = max(len(f) for f in folds)
         te_idx = torch.stack([torch.cat([f, f[: n_test - len(f)]]) for f in folds]).to(dev)
         te_real = torch.arange(n_test, device=dev)[None] < torch.tensor([len(f) for f in folds], device=dev)[:, None]
@@ -192,11 +191,10 @@ def c2st_batched(
 
 
 def _compact(
-    params: list[Tensor], opt: torch.optim.Adam, final: list[Tensor], ids: Tensor, active: Tensor
+    params: list[Tensor], opt: torch.optim.Adam, final: list[Tensor], ids: Tensor, keep: Tensor
 ) -> tuple[list[Tensor], torch.optim.Adam]:
-    """Store the stopped problems' weights in ``final`` and return the active problems' weights
-    with an Adam optimizer whose moments and step count continue theirs."""
-    keep = active.nonzero().squeeze(1)
+    """Store the batch's weights in ``final`` (rows ``ids``) and return the rows ``keep`` (the
+    problems still training) with an Adam optimizer whose moments and step count continue theirs."""
     new_params, states = [], []
     with torch.no_grad():
         for w_final, w in zip(final, params):
