@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import importlib.util
+import math
 import os
 import signal
 import subprocess
@@ -380,6 +381,8 @@ def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(
     assert all(0.0 <= float(r["c2st"]) <= 1.0 and r["device"] == "cpu" for r in rows)
     langevin = [float(r["sample_seconds"]) for r in rows if r["method"] == "jeffreys_npe_mala"]
     assert langevin[0] == langevin[1] > 0  # one batch for both observations, time shared out
+    # the proxy's held-out gain over its flow: one value per training, on every row of it
+    assert len({r["proxy_gain"] for r in rows}) == 1 and math.isfinite(float(rows[0]["proxy_gain"]))
 
 
 def test_failed_training_is_reported_and_writes_no_row(tmp_path):

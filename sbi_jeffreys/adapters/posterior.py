@@ -186,6 +186,30 @@ class ProxyPosterior(NeuralPosterior):
         w = self._log_weights(y, logp, x)  # f - log p, -inf outside the support
         return log_partition(w, torch.zeros_like(w))
 
+    @torch.no_grad()
+    def log_ratio(self, theta: Tensor, x: Tensor, chunk: int = 256) -> Tensor:
+        r"""Paired :math:`\log q_\psi(\theta_i\mid x_i) - \log p_\theta(\theta_i\mid x_i)`, both
+        restricted to the prior's support, for ``theta`` ``(N, d)`` inside it and ``x`` ``(N, ·)``:
+        :math:`w(\theta_i) - \log\hat{\mathbb E}_{p}[e^{w}\,1_{\rm in}] + \log\hat{\mathbb E}_p[1_{\rm in}]`
+        with ``num_zeta_samples`` flow draws per pair and :math:`w` the importance log-weight
+        (:math:`g_\psi` for the flow-tilted proxy). Its mean over held-out pairs from the joint
+        is the proxy's held-out log-likelihood gain over the flow: positive when :math:`q_\psi`
+        fits better (:meth:`JeffreysNPE.proxy_gain`)."""
+        theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
+        x = torch.as_tensor(x, dtype=torch.float32, device=self._device)
+        if theta.ndim != 2 or x.ndim != 2 or theta.shape[0] != x.shape[0]:
+            raise ValueError(f"theta (N, d) and x (N, ·) must pair up, got {tuple(theta.shape)} and {tuple(x.shape)}.")
+        out = []
+        for i in range(0, theta.shape[0], chunk):
+            t, c = theta[i : i + chunk], x[i : i + chunk]
+            y, logp = self.flow.sample_and_log_prob((self.num_zeta_samples,), c)  # (K, C, d)
+            log_w = self._log_weights(y, logp, c)
+            inside = torch.where(torch.isfinite(log_w), 0.0, -math.inf)
+            logp_t = self.flow.log_prob(t.unsqueeze(0), c) if not is_flow_tilted(self.energy) else None
+            w_t = self._log_weights(t.unsqueeze(0), logp_t, c)[0]
+            out.append(w_t - log_partition(log_w, torch.zeros_like(log_w)) + log_partition(inside, torch.zeros_like(inside)))
+        return torch.cat(out)
+
     def log_prob(self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False) -> Tensor:
         r"""Quasi-normalized :math:`f_\psi(\theta,x)/T - \log\hat\zeta(x)`; :math:`-\infty` outside the support."""
         x = self._condition(x)

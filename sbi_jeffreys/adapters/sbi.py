@@ -298,6 +298,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         self._summary.setdefault("num_excluded_simulations", []).append(getattr(self, "_num_excluded", 0))
         self._summary.setdefault("diverged", []).append(trainer.diverged)
         self._best_val_loss = best
+        self._proxy_gain = None  # a new training: the held-out gain is measured again
         self._tracker.flush()
         if show_train_summary:
             print(
@@ -312,11 +313,38 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 yield x.to(self._device)
 
     # ------------------------------------------------------------------ posteriors
+    def proxy_gain(self, num_zeta_samples: int = 256) -> dict[str, float]:
+        r"""The proxy's held-out log-likelihood gain over the flow on the validation pairs:
+        :math:`\frac1{N_v}\sum_i \log q_\psi(\theta_i\mid x_i) - \log p_\theta(\theta_i\mid x_i)`
+        (:meth:`ProxyPosterior.log_ratio`, ``num_zeta_samples`` flow draws per pair for
+        :math:`\hat\zeta`), with its standard error. It estimates
+        :math:`\mathbb E_x[\mathrm{KL}(\pi\|p_\theta) - \mathrm{KL}(\pi\|q_\psi)]`: positive when the
+        proxy is the better posterior on average over the prior predictive. Cached per training;
+        ``build_posterior(sample_with="auto")`` samples the proxy only when it is positive."""
+        if self._energy_net is None or self._neural_net is None:
+            raise RuntimeError("Nothing trained yet: call .train() before .proxy_gain().")
+        cached = getattr(self, "_proxy_gain", None)
+        if cached is not None and cached["num_zeta_samples"] == num_zeta_samples:
+            return dict(cached)
+        theta_all, x_all, _ = self.get_simulations(0)
+        modes = self._neural_net.training, self._energy_net.training
+        post = ImportancePosterior(
+            self._neural_net, self._energy_net, self._prior, num_zeta_samples=num_zeta_samples, device=self._device
+        )
+        with torch.random.fork_rng(devices=[] if torch.device(self._device).type == "cpu" else [self._device]):
+            torch.manual_seed(0)  # the same estimate each call
+            ratio = post.log_ratio(theta_all[self.val_indices], x_all[self.val_indices]).double().cpu()
+        self._neural_net.train(modes[0]), self._energy_net.train(modes[1])  # the posterior set eval mode
+        n = ratio.numel()
+        sem = float(ratio.std() / n**0.5) if n > 1 else float("nan")
+        self._proxy_gain = {"mean": float(ratio.mean()), "sem": sem, "n": n, "num_zeta_samples": num_zeta_samples}
+        return dict(self._proxy_gain)
+
     def build_posterior(
         self,
         density_estimator: nn.Module | None = None,
         prior: Distribution | None = None,
-        sample_with: Literal["flow", "proxy", "langevin"] | None = None,
+        sample_with: Literal["flow", "proxy", "langevin", "auto"] | None = None,
         langevin_method: Literal["ula", "mala"] | None = None,
         num_steps: int = 2000,
         step_size: float | None = None,
@@ -354,12 +382,14 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if sample_with is None:
             tilted = self._energy_net is not None and is_flow_tilted(self._energy_net)
             sample_with = "proxy" if tilted else "flow"
-        if sample_with not in ("flow", "proxy", "langevin"):
-            raise ValueError(f"sample_with must be 'flow', 'proxy' or 'langevin', got {sample_with!r}.")
+        if sample_with not in ("flow", "proxy", "langevin", "auto"):
+            raise ValueError(f"sample_with must be 'flow', 'proxy', 'langevin' or 'auto', got {sample_with!r}.")
         if sample_with != "flow" and self._energy_net is None:
             raise RuntimeError(
                 f"No energy model trained: call .train() before .build_posterior(sample_with={sample_with!r})."
             )
+        if sample_with == "auto":
+            sample_with = "proxy" if self.proxy_gain()["mean"] > 0 else "flow"
         if sample_with == "flow":
             self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
             return self._posterior

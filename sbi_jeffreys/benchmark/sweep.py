@@ -256,6 +256,11 @@ def _run_unit(unit: Unit) -> UnitResult:
             simulations=simulations,
             **unit.method_kwargs,
         )
+        # a proxy's held-out log-likelihood gain over its flow (JeffreysNPE.proxy_gain): on every
+        # row of the training, so that a report can tell whether it predicts the better posterior
+        gain = None
+        if callable(getattr(inference, "proxy_gain", None)) and getattr(inference, "_energy_net", None) is not None:
+            gain = inference.proxy_gain()["mean"]
     except Exception:
         return UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
     # 1) sample every (method, observation); 2) score them all, in parallel if asked
@@ -301,6 +306,8 @@ def _run_unit(unit: Unit) -> UnitResult:
                 }
                 if obs_ess is not None:
                     row["ess"] = obs_ess
+                if gain is not None:
+                    row["proxy_gain"] = gain
                 drawn.append((row, samples))
         except Exception:
             errors[method] = traceback.format_exc()
