@@ -696,10 +696,23 @@ def test_error_too_few_simulations_for_validation(toy):
 
 
 def test_error_unknown_sample_with_and_method(trained):
-    with pytest.raises(ValueError, match="sample_with must be 'flow', 'proxy' or 'langevin', got 'mcmc'"):
+    with pytest.raises(ValueError, match="sample_with must be 'flow', 'proxy', 'langevin' or 'auto', got 'mcmc'"):
         trained.build_posterior(sample_with="mcmc")
     with pytest.raises(ValueError, match="method must be 'ula' or 'mala', got 'hmc'"):
         trained.build_posterior(sample_with="langevin", langevin_method="hmc")
+
+
+def test_proxy_gain_is_the_held_out_log_ratio_and_auto_follows_its_sign(trained_tilted, monkeypatch):
+    gain = trained_tilted.proxy_gain(num_zeta_samples=512)
+    assert gain["n"] == len(trained_tilted.val_indices) and math.isfinite(gain["mean"]) and gain["sem"] > 0
+    assert trained_tilted.proxy_gain(num_zeta_samples=512) == gain  # cached: the same number each call
+    theta, x, _ = trained_tilted.get_simulations(0)
+    post = trained_tilted.build_posterior(sample_with="proxy", num_zeta_samples=512)
+    ratio = post.log_ratio(theta[trained_tilted.val_indices], x[trained_tilted.val_indices])
+    assert abs(float(ratio.mean()) - gain["mean"]) < 4 * gain["sem"] + 0.02  # another zeta draw
+    for mean, kind in ((-0.1, DirectPosterior), (0.1, ImportancePosterior)):
+        monkeypatch.setattr(trained_tilted, "proxy_gain", lambda mean=mean, **_: {"mean": mean})
+        assert isinstance(trained_tilted.build_posterior(sample_with="auto"), kind)
 
 
 @pytest.mark.parametrize("kind", ["flow", "langevin_ula"])

@@ -232,6 +232,49 @@ def test_importance_posterior_respects_the_prior_support():
     assert math.isinf(float(post.log_prob(torch.tensor([[-0.5]]), x=torch.zeros(1, 2))))
 
 
+class Linear(nn.Module):
+    """g(theta) = theta_0: N(0, 1) e^g is N(1, 1) with log zeta = 1/2."""
+
+    def forward(self, t, c=None):
+        return t[..., 0]
+
+
+def test_log_ratio_is_the_closed_form_log_q_minus_log_p_with_and_without_truncation():
+    torch.manual_seed(0)
+    theta, x = torch.tensor([[0.2], [1.5], [3.0]]), torch.zeros(3, 2)
+    # wide box: log q - log p = theta - 1/2 (zeta from 50,000 draws: about 0.01 nats)
+    wide = ImportancePosterior(
+        StdNormal(1),
+        FlowTiltedEnergy(Linear()),
+        BoxUniform(-20 * torch.ones(1), 20 * torch.ones(1)),
+        num_zeta_samples=50_000,
+    )
+    assert torch.allclose(wide.log_ratio(theta, x), theta[:, 0] - 0.5, atol=0.03)
+    # box [0, 20]: q = N(1, 1)/Phi(1) and p = N(0, 1)/(1/2) on it
+    half = ImportancePosterior(
+        StdNormal(1),
+        FlowTiltedEnergy(Linear()),
+        BoxUniform(torch.zeros(1), 20 * torch.ones(1)),
+        num_zeta_samples=50_000,
+    )
+    phi1 = torch.distributions.Normal(0.0, 1.0).cdf(torch.tensor(1.0))
+    truth = theta[:, 0] - 0.5 - torch.log(phi1) + math.log(0.5)
+    assert torch.allclose(half.log_ratio(theta, x), truth, atol=0.03)
+    # a free energy log N(1, 1) + 3 is the same q: its ratio does not see the constant
+    normal = torch.distributions.Normal(1.0, 1.0)
+
+    class Free(nn.Module):
+        def forward(self, t, c=None):
+            return normal.log_prob(t[..., 0]) + 3.0
+
+    free = ImportancePosterior(
+        StdNormal(1), Free(), BoxUniform(-20 * torch.ones(1), 20 * torch.ones(1)), num_zeta_samples=50_000
+    )
+    assert torch.allclose(free.log_ratio(theta, x), theta[:, 0] - 0.5, atol=0.03)
+    with pytest.raises(ValueError, match="pair up"):
+        wide.log_ratio(theta, torch.zeros(2, 2))
+
+
 def test_bad_options_get_clear_errors():
     prior = BoxUniform(torch.zeros(1), torch.ones(1))
     with pytest.raises(ValueError, match="oversampling"):

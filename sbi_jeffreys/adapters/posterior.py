@@ -207,7 +207,8 @@ class ProxyPosterior(NeuralPosterior):
             inside = torch.where(torch.isfinite(log_w), 0.0, -math.inf)
             logp_t = self.flow.log_prob(t.unsqueeze(0), c) if not is_flow_tilted(self.energy) else None
             w_t = self._log_weights(t.unsqueeze(0), logp_t, c)[0]
-            out.append(w_t - log_partition(log_w, torch.zeros_like(log_w)) + log_partition(inside, torch.zeros_like(inside)))
+            zero = torch.zeros_like(log_w)
+            out.append(w_t - log_partition(log_w, zero) + log_partition(inside, zero))
         return torch.cat(out)
 
     def log_prob(self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False) -> Tensor:
