@@ -314,18 +314,20 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 yield x.to(self._device)
 
     # ------------------------------------------------------------------ posteriors
-    def proxy_gain(self, num_zeta_samples: int = 256) -> dict[str, float]:
+    def proxy_gain(self, num_zeta_samples: int = 256, max_pairs: int = 2000) -> dict[str, float]:
         r"""The proxy's held-out log-likelihood gain over the flow on the validation pairs:
         :math:`\frac1{N_v}\sum_i \log q_\psi(\theta_i\mid x_i) - \log p_\theta(\theta_i\mid x_i)`
         (:meth:`ProxyPosterior.log_ratio`, ``num_zeta_samples`` flow draws per pair for
         :math:`\hat\zeta`), with its standard error. It estimates
         :math:`\mathbb E_x[\mathrm{KL}(\pi\|p_\theta) - \mathrm{KL}(\pi\|q_\psi)]`: positive when the
-        proxy is the better posterior on average over the prior predictive. Cached per training;
-        ``build_posterior(sample_with="auto")`` samples the proxy only when it is positive."""
+        proxy is the better posterior on average over the prior predictive. At most ``max_pairs``
+        validation pairs are used (the split is random; the standard error says what that costs).
+        Cached per training; ``build_posterior(sample_with="auto")`` samples the proxy only when
+        it is positive."""
         if self._energy_net is None or self._neural_net is None:
             raise RuntimeError("Nothing trained yet: call .train() before .proxy_gain().")
         cached = self._proxy_gain
-        if cached is not None and cached["num_zeta_samples"] == num_zeta_samples:
+        if cached is not None and (cached["num_zeta_samples"], cached["max_pairs"]) == (num_zeta_samples, max_pairs):
             return dict(cached)
         theta_all, x_all, _ = self.get_simulations(0)
         modes = self._neural_net.training, self._energy_net.training
@@ -334,11 +336,18 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         )
         with torch.random.fork_rng(devices=[] if torch.device(self._device).type == "cpu" else [self._device]):
             torch.manual_seed(0)  # the same estimate each call
-            ratio = post.log_ratio(theta_all[self.val_indices], x_all[self.val_indices]).double().cpu()
+            pairs = self.val_indices[:max_pairs]
+            ratio = post.log_ratio(theta_all[pairs], x_all[pairs]).double().cpu()
         self._neural_net.train(modes[0]), self._energy_net.train(modes[1])  # the posterior set eval mode
         n = ratio.numel()
         sem = float(ratio.std() / n**0.5) if n > 1 else float("nan")
-        gain: dict[str, float] = {"mean": float(ratio.mean()), "sem": sem, "n": n, "num_zeta_samples": num_zeta_samples}
+        gain: dict[str, float] = {
+            "mean": float(ratio.mean()),
+            "sem": sem,
+            "n": n,
+            "num_zeta_samples": num_zeta_samples,
+            "max_pairs": max_pairs,
+        }
         self._proxy_gain = gain
         return dict(gain)
 
