@@ -17,6 +17,11 @@ Reads one or more ``results.csv`` written by ``experiments/sbi_sweep.py`` and wr
 with ``--train-kwargs``): its rows of the ``--method`` methods are renamed ``METHOD + SUFFIX``
 and the rest of that file is ignored. ``--relabel CSV OLD NEW`` renames a method in one input
 file (results of an older run whose registry name now means something else).
+
+``--select-by-gain PROXY FLOW NAME`` adds the rows of ``build_posterior(sample_with="auto")``
+without sampling again: for every training whose PROXY rows carry its held-out ``proxy_gain``,
+NAME gets a copy of the PROXY rows if the gain is positive, else of the FLOW rows (one training,
+the same seeded draws: exactly what a sweep of NAME writes); column ``selected`` says which.
 """
 
 from __future__ import annotations
@@ -54,6 +59,21 @@ def tagged(path: Path, suffix: str, methods: list[str], relabel: dict[str, str] 
     df = df[df.method.isin(methods)].copy()
     df["method"] = df.method + suffix
     return df
+
+
+def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str) -> pd.DataFrame:
+    """Rows of the posterior that ``sample_with="auto"`` picks per training (module docstring)."""
+    if "proxy_gain" not in df:
+        return df.iloc[:0]
+    training = ["task", "num_simulations", "seed"]
+    gains = df[(df.method == proxy) & df.proxy_gain.notna()].groupby(training)["proxy_gain"].first()
+    picked = []
+    for key, gain in gains.items():
+        kind, source = ("proxy", proxy) if gain > 0 else ("flow", flow)
+        rows = df[(df.method == source) & (df[training] == pd.Series(key, index=training)).all(axis=1)].copy()
+        rows["method"], rows["selected"], rows["proxy_gain"] = name, kind, gain
+        picked.append(rows)
+    return pd.concat(picked, ignore_index=True) if picked else df.iloc[:0]
 
 
 def paired(df: pd.DataFrame, method: str, baseline: str) -> pd.DataFrame:
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baselines", nargs="+", default=["npe_nsf", "npe"])
     p.add_argument("--tag", nargs=2, action="append", default=[], metavar=("CSV", "SUFFIX"))
     p.add_argument("--relabel", nargs=3, action="append", default=[], metavar=("CSV", "OLD", "NEW"))
+    p.add_argument("--select-by-gain", nargs=3, default=None, metavar=("PROXY", "FLOW", "NAME"))
     a = p.parse_args(argv)
     relabel: dict[Path, dict[str, str]] = {}
     for path, old, new in a.relabel:
@@ -139,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.tag:
         extra = [tagged(Path(path), suffix, a.method, relabel.get(Path(path).resolve())) for path, suffix in a.tag]
         df = pd.concat([df, *extra], ignore_index=True).drop_duplicates(KEY, keep="last").sort_values(KEY)
+    if a.select_by_gain:
+        proxy, flow, name = a.select_by_gain
+        picked = select_by_gain(df[df.method != name], proxy, flow, name)
+        df = pd.concat([df, picked], ignore_index=True).drop_duplicates(KEY, keep="last").sort_values(KEY)
     a.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.out / "results.csv", index=False)  # a sweep's results file: it can seed a resumed run
     methods = method_table(df)

@@ -67,6 +67,11 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="proxy_ablation.jsonl")
+    p.add_argument(
+        "--history",
+        default=None,
+        help="also append each JeffreysNPE variant's per-epoch validation NLLs of p and q (JSON lines)",
+    )
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     task = get_task(a.task)
@@ -79,6 +84,13 @@ def main() -> None:
             extra.update(
                 {k: summary[k][-1] for k in ("lambda_fw", "lambda_rv", "lambda_prx", "val_nll_q", "val_nll_p")}
             )
+            extra["proxy_gain"] = inference.proxy_gain()["mean"]  # held-out, 256 zeta draws per pair
+            if a.history:
+                keys = ("val_nll_p", "val_nll_q", "lambda_fw", "lambda_rv", "log_zeta")
+                record = {"task": a.task, "budget": a.budget, "seed": a.seed, "variant": variant}
+                record.update({k: summary.get(k, []) for k in keys})
+                with open(a.history, "a") as f:
+                    f.write(json.dumps(record) + "\n")
         kinds = ["flow"] if variant == "npe_nsf" else a.posteriors
         for kind in kinds:
             sample_with = {"mala": "langevin"}.get(kind, kind)

@@ -75,8 +75,8 @@ class MethodSpec:
         """Identity of the *trained model* behind this method.
 
         Two methods with the same class and constructor arguments differ only in how the
-        posterior is built from one trained network (``"jeffreys_npe"`` resamples the proxy,
-        ``"jeffreys_npe_flow"`` samples the flow, ``"jeffreys_npe_mala"`` runs latent MALA on
+        posterior is built from one trained network (``"jeffreys_npe"`` picks by the proxy's
+        held-out gain, ``"jeffreys_npe_proxy"`` resamples the proxy, ``"jeffreys_npe_flow"`` samples the flow, ``"jeffreys_npe_mala"`` runs latent MALA on
         the proxy), so a sweep trains them once and builds every posterior from that training.
         """
         return (
@@ -115,8 +115,14 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
         "jeffreys_npe": MethodSpec(
             name="jeffreys_npe",
             load=_JEFFREYS,
+            posterior_kwargs=_frozen({"sample_with": "auto"}),
+            description="JeffreysNPE as it ships: flow-tilted proxy; its posterior if its held-out gain is positive, else the flow's",
+        ),
+        "jeffreys_npe_proxy": MethodSpec(
+            name="jeffreys_npe_proxy",
+            load=_JEFFREYS,
             posterior_kwargs=_frozen({"sample_with": "proxy"}),
-            description="JeffreysNPE as it ships: flow-tilted proxy, posterior p_theta e^g by importance resampling",
+            description="JeffreysNPE (flow-tilted proxy), posterior p_theta e^g by importance resampling, always",
         ),
         "jeffreys_npe_flow": MethodSpec(
             name="jeffreys_npe_flow",

@@ -66,10 +66,12 @@ def test_registry_resolves_npe_and_jeffreys_lazily():
     from sbi.inference import NPE
 
     assert get_method("npe").load() is NPE
-    assert get_method("jeffreys_npe").posterior_kwargs["sample_with"] == "proxy"
+    assert get_method("jeffreys_npe").posterior_kwargs["sample_with"] == "auto"
+    assert get_method("jeffreys_npe_proxy").posterior_kwargs["sample_with"] == "proxy"
     assert get_method("jeffreys_npe_flow").posterior_kwargs["sample_with"] == "flow"
     assert get_method("jeffreys_npe_langevin").posterior_kwargs["sample_with"] == "langevin"
     assert get_method("jeffreys_npe").training_key == get_method("jeffreys_npe_flow").training_key
+    assert get_method("jeffreys_npe_proxy").training_key == get_method("jeffreys_npe_flow").training_key
     # the paper's free EBM is a different training
     assert get_method("jeffreys_npe_free").training_key == get_method("jeffreys_npe_langevin").training_key
     assert get_method("jeffreys_npe").training_key != get_method("jeffreys_npe_free").training_key
@@ -516,6 +518,28 @@ def test_merge_sweeps_tables_and_refuses_duplicates(tmp_path):
     assert (tmp_path / "merged" / "c2st_vs_budget.png").exists()
     res = subprocess.run(run + [str(tmp_path / "npe"), str(tmp_path / "npe")], capture_output=True, text=True)
     assert res.returncode != 0 and "duplicated cells" in res.stderr
+
+
+def test_select_by_gain_copies_the_posterior_that_auto_picks_per_training():
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location(
+        "paired_report", Path(__file__).resolve().parents[1] / "experiments" / "paired_report.py"
+    )
+    assert spec is not None and spec.loader is not None
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    rows = []
+    for seed, gain in ((0, 0.05), (1, -0.2)):  # seed 0: the proxy fits better held out, seed 1: worse
+        for obs in (1, 2):
+            base = dict(task="t", num_simulations=100, seed=seed, observation=obs)
+            rows.append({**base, "method": "proxy", "c2st": 0.6 + obs / 100, "proxy_gain": gain})
+            rows.append({**base, "method": "flow", "c2st": 0.7 + obs / 100, "proxy_gain": gain})
+    rows.append(dict(task="t", num_simulations=100, seed=2, observation=1, method="proxy", c2st=0.9))  # no gain
+    picked = report.select_by_gain(pd.DataFrame(rows), "proxy", "flow", "auto").sort_values(["seed", "observation"])
+    assert list(picked.method.unique()) == ["auto"] and list(picked.seed) == [0, 0, 1, 1]
+    assert list(picked.selected) == ["proxy", "proxy", "flow", "flow"]
+    assert list(picked.c2st) == pytest.approx([0.61, 0.62, 0.71, 0.72])
 
 
 def test_c2st_compaction_continues_the_active_classifiers_exactly():

@@ -883,7 +883,7 @@ def test_proxy_posterior_works_with_sbis_sbc_tarp_and_pairplot(trained_tilted):
     torch.manual_seed(0)
     thetas = prior.sample((20,))
     xs = toy_simulator(thetas)
-    posterior = trained_tilted.build_posterior()
+    posterior = trained_tilted.build_posterior(sample_with="proxy")
     assert isinstance(posterior, ImportancePosterior)
     ranks, dap = run_sbc(thetas, xs, posterior, num_posterior_samples=50, show_progress_bar=False)
     assert ranks.shape == (20, D) and ((ranks >= 0) & (ranks <= 50)).all()
