@@ -2,8 +2,9 @@
 
 Trains sbi's NPE with its default flow (MAF), sbi's NPE with a neural spline flow
 (``density_estimator="nsf"``: the baseline to beat, and JeffreysNPE's own flow, so that the
-comparison isolates the objective) and JeffreysNPE, whose flow (``jeffreys_npe_flow``) and
-default proxy posterior (``jeffreys_npe``) come from one training. Prints
+comparison isolates the objective) and JeffreysNPE, whose flow (``jeffreys_npe_flow``), proxy
+posterior (``jeffreys_npe_proxy``) and default posterior (``jeffreys_npe``: the proxy's if its
+held-out gain is positive, else the flow's) come from one training. Prints
 each C2ST (sbibm's classifier test against the reference posterior of observation 1; 0.5 is
 perfect) and saves a pairplot of the posteriors. Minutes on a CPU:
 
@@ -42,7 +43,7 @@ def main() -> None:
     p.add_argument(
         "--methods",
         nargs="+",
-        default=["npe", "npe_nsf", "jeffreys_npe_flow", "jeffreys_npe"],
+        default=["npe", "npe_nsf", "jeffreys_npe_flow", "jeffreys_npe_proxy", "jeffreys_npe"],
         choices=available_methods(),
         help="registered methods to compare",
     )
@@ -75,9 +76,12 @@ def main() -> None:
             "train_seconds": round(train_seconds, 1),
             "sample_seconds": round(sample_seconds, 2),
         }
+        if callable(getattr(inference, "proxy_gain", None)):
+            results[method]["proxy_gain"] = round(inference.proxy_gain()["mean"], 4)
+        gain = results[method].get("proxy_gain")
         print(
-            f"{method:17s} C2ST = {results[method]['c2st']:.3f}   ({results[method]['epochs']} epochs, "
-            f"{time.perf_counter() - start:.0f} s)",
+            f"{method:18s} C2ST = {results[method]['c2st']:.3f}   ({results[method]['epochs']} epochs, "
+            f"{time.perf_counter() - start:.0f} s)" + ("" if gain is None else f", proxy's held-out gain {gain:+.3f}"),
             flush=True,
         )
 

@@ -76,8 +76,9 @@ class MethodSpec:
 
         Two methods with the same class and constructor arguments differ only in how the
         posterior is built from one trained network (``"jeffreys_npe"`` picks by the proxy's
-        held-out gain, ``"jeffreys_npe_proxy"`` resamples the proxy, ``"jeffreys_npe_flow"`` samples the flow, ``"jeffreys_npe_mala"`` runs latent MALA on
-        the proxy), so a sweep trains them once and builds every posterior from that training.
+        held-out gain, ``"jeffreys_npe_proxy"`` resamples the proxy, ``"jeffreys_npe_flow"``
+        samples the flow, ``"jeffreys_npe_mala"`` runs latent MALA on the proxy), so a sweep
+        trains them once and builds every posterior from that training.
         """
         return (
             getattr(self.load, "__qualname__", repr(self.load)),
@@ -116,7 +117,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             name="jeffreys_npe",
             load=_JEFFREYS,
             posterior_kwargs=_frozen({"sample_with": "auto"}),
-            description="JeffreysNPE as it ships: flow-tilted proxy; its posterior if its held-out gain is positive, else the flow's",
+            description="JeffreysNPE as it ships: the proxy's posterior if its held-out gain > 0, else the flow's",
         ),
         "jeffreys_npe_proxy": MethodSpec(
             name="jeffreys_npe_proxy",
