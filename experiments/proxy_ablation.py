@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Callable
 
 import torch
 from sbi.inference import NPE
@@ -24,9 +25,10 @@ from sbi_jeffreys.adapters.sbi import JeffreysNPE
 from sbi_jeffreys.benchmark.algorithm import _NullTracker, seed_everything, simulate
 from sbi_jeffreys.benchmark.c2st import c2st_sbibm
 from sbi_jeffreys.benchmark.tasks import get_task, prior_on_device
+from sbi_jeffreys.nets.ebm import energy_nn
 
-#: name -> (energy_estimator, train options); "npe_nsf" is sbi's NPE.
-VARIANTS: dict[str, tuple[str, dict]] = {
+#: name -> (energy_estimator: a name or a builder, train options); "npe_nsf" is sbi's NPE.
+VARIANTS: dict[str, tuple[str | Callable, dict]] = {
     "npe_nsf": ("", {}),
     "free": ("film_resnet", {}),  # part 1's default: the paper's free FiLM EBM
     "tilted": ("flow_tilted", {}),
@@ -34,6 +36,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "tilted_stop_q": ("flow_tilted", {"early_stopping": "proxy"}),
     "tilted_rv_floor": ("flow_tilted", {"min_rv_multiplier": 0.5}),
     "tilted_no_rv": ("flow_tilted", {"max_rv_multiplier": 0.0}),
+    "tilted_bound3": (energy_nn("flow_tilted", max_correction=3.0), {}),  # g = 3 tanh(g/3)
 }
 
 

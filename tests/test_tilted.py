@@ -275,6 +275,21 @@ def test_log_ratio_is_the_closed_form_log_q_minus_log_p_with_and_without_truncat
         wide.log_ratio(theta, torch.zeros(2, 2))
 
 
+def test_max_correction_bounds_g_smoothly():
+    torch.manual_seed(0)
+    big = QuadraticTilt(torch.tensor([50.0, 0.0, 0.0]), torch.zeros(3, 3))  # g = 50 theta_0
+    bounded = FlowTiltedEnergy(big, max_correction=3.0)
+    theta = torch.randn(1000, 3)
+    g = bounded(theta)
+    assert float(g.abs().max()) <= 3.0 and float(g.abs().max()) > 2.9
+    small = torch.tensor([[1e-3, 0.0, 0.0]])  # tanh is the identity near 0
+    assert torch.allclose(bounded(small), big(small), rtol=1e-4)
+    with pytest.raises(ValueError, match="max_correction"):
+        FlowTiltedEnergy(big, max_correction=0.0)
+    with pytest.raises(ValueError, match="max_correction"):
+        energy_nn("film_resnet", max_correction=3.0)
+
+
 def test_bad_options_get_clear_errors():
     prior = BoxUniform(torch.zeros(1), torch.ones(1))
     with pytest.raises(ValueError, match="oversampling"):

@@ -222,6 +222,10 @@ class FlowTiltedEnergy(nn.Module):
     posteriors call :func:`proxy_log_density`). With :math:`g \equiv 0` at the start, :math:`q = p`
     and :math:`\zeta(x) = \mathbb E_{p}[e^{g}] = 1`: no warm start is needed.
 
+    ``max_correction`` :math:`c` bounds the correction smoothly, :math:`g = c\tanh(g_{\rm net}/c)`,
+    so that importance weights stay within :math:`e^{\pm c}` of the flow's (one spike of
+    :math:`g` cannot take all the weight).
+
     References:
         Gao et al. (2020), Flow contrastive estimation of energy-based models, CVPR.
         Arbel et al. (2021), Generalized energy based models, ICLR.
@@ -229,14 +233,19 @@ class FlowTiltedEnergy(nn.Module):
 
     flow_tilted = True
 
-    def __init__(self, correction: nn.Module):
+    def __init__(self, correction: nn.Module, max_correction: float | None = None):
         super().__init__()
+        if max_correction is not None and not max_correction > 0:
+            raise ValueError(f"max_correction must be positive or None, got {max_correction!r}.")
         self.correction = correction
+        self.max_correction = max_correction
         self.temperature = float(getattr(correction, "temperature", 1.0))
 
     def forward(self, inputs: Tensor, condition: Tensor | None = None) -> Tensor:
         """:math:`g_\\psi(\theta, x)`, shape ``(..., C)``."""
-        return self.correction(inputs, condition)
+        g = self.correction(inputs, condition)
+        c = self.max_correction
+        return g if c is None else c * torch.tanh(g / c)
 
 
 def is_flow_tilted(energy: nn.Module) -> bool:
@@ -265,6 +274,7 @@ def energy_nn(
     embedding_net: nn.Module | None = None,
     embedding_features: int | None = None,
     spectral_norm: bool | None = None,
+    max_correction: float | None = None,
 ):
     r"""Builder of the conditional proxy :math:`f_\psi(\theta \mid x)`, in the style of
     ``sbi.neural_nets.posterior_nn``: returns ``build(theta, x) -> nn.Module``, z-scoring with
@@ -273,7 +283,8 @@ def energy_nn(
 
     ``model="film_resnet"`` is the paper's free EBM (spectral norm on); ``"flow_tilted"`` is
     :class:`FlowTiltedEnergy` around the same FiLM network as the correction :math:`g_\psi`,
-    started at :math:`g \equiv 0`, without spectral norm unless ``spectral_norm=True``.
+    started at :math:`g \equiv 0`, without spectral norm unless ``spectral_norm=True``, bounded
+    by ``max_correction`` if given.
 
     >>> build = energy_nn("flow_tilted")
     >>> g = build(torch.randn(50, 2), torch.randn(50, 3))
@@ -283,6 +294,8 @@ def energy_nn(
     if model not in ENERGY_MODELS:
         raise ValueError(f"Unknown energy model {model!r}; available: {', '.join(map(repr, ENERGY_MODELS))}.")
     tilted = model == "flow_tilted"
+    if max_correction is not None and not tilted:
+        raise ValueError("max_correction bounds the flow-tilted proxy's correction; the free EBM has none.")
     spectral = (not tilted) if spectral_norm is None else spectral_norm
 
     def build(theta: Tensor, x: Tensor) -> nn.Module:
@@ -307,6 +320,6 @@ def energy_nn(
             spectral_norm=spectral,
             zero_head=tilted,
         )
-        return FlowTiltedEnergy(net) if tilted else net
+        return FlowTiltedEnergy(net, max_correction) if tilted else net
 
     return build
