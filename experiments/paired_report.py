@@ -21,7 +21,10 @@ file (results of an older run whose registry name now means something else).
 ``--select-by-gain PROXY FLOW NAME`` adds the rows of ``build_posterior(sample_with="auto")``
 without sampling again: for every training whose PROXY rows carry its held-out ``proxy_gain``,
 NAME gets a copy of the PROXY rows if the gain is positive, else of the FLOW rows (one training,
-the same seeded draws: exactly what a sweep of NAME writes); column ``selected`` says which.
+the same seeded draws: exactly what a sweep of NAME writes); column ``selected`` says which. A
+PROXY row whose effective sample size is below 1/16 (``auto``'s ``min_ess`` at the default
+oversampling) takes the FLOW row's C2ST: ``auto`` draws from the flow there (the same
+distribution as the FLOW row, other draws).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def tagged(path: Path, suffix: str, methods: list[str], relabel: dict[str, str] 
     return df
 
 
-def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str) -> pd.DataFrame:
+def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str, min_ess: float = 1 / 16) -> pd.DataFrame:
     """Rows of the posterior that ``sample_with="auto"`` picks per training (module docstring)."""
     if "proxy_gain" not in df:
         return df.iloc[:0]
@@ -69,9 +72,16 @@ def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str) -> pd.Dat
     gains = df[(df.method == proxy) & df.proxy_gain.notna()].groupby(training)["proxy_gain"].first()
     picked = []
     for key, gain in gains.items():
-        kind, source = ("proxy", proxy) if gain > 0 else ("flow", flow)
-        rows = df[(df.method == source) & (df[training] == pd.Series(key, index=training)).all(axis=1)].copy()
-        rows["method"], rows["selected"], rows["proxy_gain"] = name, kind, gain
+        mine = (df[training] == pd.Series(key, index=training)).all(axis=1)
+        rows = df[(df.method == proxy if gain > 0 else df.method == flow) & mine].copy()
+        rows["selected"] = "proxy" if gain > 0 else "flow"
+        if gain > 0 and "ess" in rows:  # observations whose weights degenerate get the flow's draws
+            low = rows.ess < min_ess
+            flows = df[(df.method == flow) & mine].set_index("observation")
+            for i in rows.index[low]:
+                rows.loc[i, "c2st"] = flows.loc[rows.loc[i, "observation"], "c2st"]
+                rows.loc[i, "selected"] = "flow (ess)"
+        rows["method"], rows["proxy_gain"] = name, gain
         picked.append(rows)
     return pd.concat(picked, ignore_index=True) if picked else df.iloc[:0]
 

@@ -533,13 +533,14 @@ def test_select_by_gain_copies_the_posterior_that_auto_picks_per_training():
     for seed, gain in ((0, 0.05), (1, -0.2)):  # seed 0: the proxy fits better held out, seed 1: worse
         for obs in (1, 2):
             base = dict(task="t", num_simulations=100, seed=seed, observation=obs)
-            rows.append({**base, "method": "proxy", "c2st": 0.6 + obs / 100, "proxy_gain": gain})
+            ess = 0.001 if (seed, obs) == (0, 2) else 0.9  # seed 0, observation 2: degenerate weights
+            rows.append({**base, "method": "proxy", "c2st": 0.6 + obs / 100, "proxy_gain": gain, "ess": ess})
             rows.append({**base, "method": "flow", "c2st": 0.7 + obs / 100, "proxy_gain": gain})
     rows.append(dict(task="t", num_simulations=100, seed=2, observation=1, method="proxy", c2st=0.9))  # no gain
     picked = report.select_by_gain(pd.DataFrame(rows), "proxy", "flow", "auto").sort_values(["seed", "observation"])
     assert list(picked.method.unique()) == ["auto"] and list(picked.seed) == [0, 0, 1, 1]
-    assert list(picked.selected) == ["proxy", "proxy", "flow", "flow"]
-    assert list(picked.c2st) == pytest.approx([0.61, 0.62, 0.71, 0.72])
+    assert list(picked.selected) == ["proxy", "flow (ess)", "flow", "flow"]
+    assert list(picked.c2st) == pytest.approx([0.61, 0.72, 0.71, 0.72])
 
 
 def test_c2st_compaction_continues_the_active_classifiers_exactly():

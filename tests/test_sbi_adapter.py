@@ -712,7 +712,9 @@ def test_proxy_gain_is_the_held_out_log_ratio_and_auto_follows_its_sign(trained_
     assert abs(float(ratio.mean()) - gain["mean"]) < 4 * gain["sem"] + 0.02  # another zeta draw
     for mean, kind in ((-0.1, DirectPosterior), (0.1, ImportancePosterior)):
         monkeypatch.setattr(trained_tilted, "proxy_gain", lambda mean=mean, **_: {"mean": mean})
-        assert isinstance(trained_tilted.build_posterior(sample_with="auto"), kind)
+        posterior = trained_tilted.build_posterior(sample_with="auto")
+        assert isinstance(posterior, kind)
+    assert posterior.min_ess == pytest.approx(1 / 16)  # auto guards against degenerate weights
 
 
 @pytest.mark.parametrize("kind", ["flow", "langevin_ula"])

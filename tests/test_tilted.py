@@ -290,6 +290,24 @@ def test_max_correction_bounds_g_smoothly():
         energy_nn("film_resnet", max_correction=3.0)
 
 
+def test_degenerate_weights_fall_back_to_the_flow_below_min_ess():
+    steep = QuadraticTilt(torch.tensor([20.0]), torch.zeros(1, 1))  # q = N(20, 1), far beyond N(0, 1)'s draws
+    prior = BoxUniform(-50 * torch.ones(1), 50 * torch.ones(1))
+    torch.manual_seed(0)
+    pure = ImportancePosterior(StdNormal(1), FlowTiltedEnergy(steep), prior)
+    s = pure.sample((2_000,), x=torch.zeros(1, 2), show_progress_bars=False)
+    assert float(pure.effective_sample_size) < 0.01 and float(s.std()) < 0.1  # a few draws, repeated
+    guarded = ImportancePosterior(StdNormal(1), FlowTiltedEnergy(steep), prior, min_ess=1 / 16)
+    s = guarded.sample_batched((20_000,), x=torch.zeros(2, 2), show_progress_bars=False)
+    assert guarded.fell_back is not None and bool(guarded.fell_back.all())
+    assert abs(float(s.mean())) < 0.03 and abs(float(s.std()) - 1.0) < 0.03  # the flow, N(0, 1)
+    mild = ImportancePosterior(StdNormal(1), FlowTiltedEnergy(Linear()), prior, min_ess=1 / 16)
+    s = mild.sample((20_000,), x=torch.zeros(1, 2), show_progress_bars=False)
+    assert mild.fell_back is not None and not bool(mild.fell_back.any()) and abs(float(s.mean()) - 1.0) < 0.05
+    with pytest.raises(ValueError, match="min_ess"):
+        ImportancePosterior(StdNormal(1), Constant(0.0), prior, min_ess=2.0)
+
+
 def test_bad_options_get_clear_errors():
     prior = BoxUniform(torch.zeros(1), torch.ones(1))
     with pytest.raises(ValueError, match="oversampling"):

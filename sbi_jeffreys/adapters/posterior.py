@@ -345,6 +345,9 @@ class ImportancePosterior(ProxyPosterior):
     effective sample size :math:`(\sum w)^2/\sum w^2`, kept per condition as a fraction of the
     draws in ``effective_sample_size`` after each call (near 1: :math:`q \approx p`; near
     1/``oversampling`` or below: the resampled set has many duplicates, trust it less).
+    With ``min_ess``, a condition whose effective sample size falls below it gets flow samples
+    (inside the support) instead, flagged in ``fell_back``: a resampled set drawn from a few
+    spiking weights is worse than the proposal it came from (``log_prob`` stays the proxy's).
 
     >>> import torch
     >>> from sbi.utils import BoxUniform
@@ -371,12 +374,17 @@ class ImportancePosterior(ProxyPosterior):
         oversampling: int = 16,
         num_zeta_samples: int = 1000,
         device: str | torch.device | None = None,
+        min_ess: float | None = None,
     ):
         if int(oversampling) < 1:
             raise ValueError(f"oversampling must be a positive integer, got {oversampling!r}.")
+        if min_ess is not None and not 0.0 <= min_ess <= 1.0:
+            raise ValueError(f"min_ess must be a fraction in [0, 1] or None, got {min_ess!r}.")
         super().__init__(flow, energy, prior, num_zeta_samples, device)
         self.oversampling = int(oversampling)
+        self.min_ess = min_ess
         self.effective_sample_size: Tensor | None = None
+        self.fell_back: Tensor | None = None
         self._purpose = "It samples the Jeffreys proxy by importance resampling of flow samples."
 
     @torch.no_grad()
@@ -388,6 +396,10 @@ class ImportancePosterior(ProxyPosterior):
         if not torch.isfinite(log_w.max(0).values).all():
             raise RuntimeError("No flow sample fell inside the prior's support for some observation.")
         w = torch.softmax(log_w, dim=0)  # (nk, B)
-        self.effective_sample_size = 1.0 / (w.pow(2).sum(0) * w.shape[0])
+        self.effective_sample_size = ess = 1.0 / (w.pow(2).sum(0) * w.shape[0])
+        self.fell_back = ess < self.min_ess if self.min_ess is not None else torch.zeros_like(ess, dtype=torch.bool)
+        if self.fell_back.any():  # degenerate weights: those conditions get the flow (inside the support)
+            flat = torch.softmax(torch.where(torch.isfinite(log_w), 0.0, -math.inf), dim=0)
+            w = torch.where(self.fell_back, flat, w)
         idx = torch.multinomial(w.T, n, replacement=True).T  # (n, B)
         return y.gather(0, idx.unsqueeze(-1).expand(-1, -1, y.shape[-1]))

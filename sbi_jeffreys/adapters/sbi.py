@@ -366,6 +366,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         langevin_space: Literal["theta", "latent"] | None = None,
         target_acceptance: float | None = None,
         device: str | torch.device | None = None,
+        min_ess: float | None = None,
         **kwargs,
     ):
         r"""``sample_with=None`` means ``"auto"`` for the flow-tilted proxy and ``"flow"`` for the
@@ -375,6 +376,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         trainings and in every one where they differed by more than 0.005 C2ST: at 10⁴
         simulations on gaussian_linear_uniform and bernoulli_glm the proxy overfits (negative
         gain) and the flow is the better posterior.
+        When ``"auto"`` picks the proxy, an observation whose importance weights degenerate
+        (effective sample size below ``min_ess``, by default 1/``oversampling``: fewer
+        effective draws than samples asked for) gets the flow's samples instead (a spike of
+        :math:`g` the held-out pairs did not hit; ``posterior.fell_back`` flags it). ``min_ess``
+        applies to ``"proxy"`` too when given.
 
         ``"flow"``: sbi's ``DirectPosterior`` on :math:`p_\theta` (samples rejected outside the
         prior's support, leakage-corrected ``log_prob``). ``"proxy"``: :class:`ImportancePosterior`
@@ -405,8 +411,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             raise RuntimeError(
                 f"No energy model trained: call .train() before .build_posterior(sample_with={sample_with!r})."
             )
-        if sample_with == "auto":
+        auto = sample_with == "auto"
+        if auto:
             sample_with = "proxy" if self.proxy_gain()["mean"] > 0 else "flow"
+            min_ess = 1.0 / oversampling if min_ess is None else min_ess
         if sample_with == "flow":
             self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
             return self._posterior
@@ -419,6 +427,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 oversampling=oversampling,
                 num_zeta_samples=num_zeta_samples,
                 device=device,
+                min_ess=min_ess,
             )
         else:
             space = langevin_space or ("latent" if is_flow_tilted(self._energy_net) else "theta")
