@@ -77,10 +77,9 @@ def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str, min_ess: 
         rows["selected"] = "proxy" if gain > 0 else "flow"
         if gain > 0 and "ess" in rows:  # observations whose weights degenerate get the flow's draws
             low = rows.ess < min_ess
-            flows = df[(df.method == flow) & mine].set_index("observation")
-            for i in rows.index[low]:
-                rows.loc[i, "c2st"] = flows.loc[rows.loc[i, "observation"], "c2st"]
-                rows.loc[i, "selected"] = "flow (ess)"
+            flow_c2st = df[(df.method == flow) & mine].set_index("observation")["c2st"]
+            rows.loc[low, "c2st"] = rows.loc[low, "observation"].map(flow_c2st)
+            rows.loc[low, "selected"] = "flow (ess)"
         rows["method"], rows["proxy_gain"] = name, gain
         picked.append(rows)
     return pd.concat(picked, ignore_index=True) if picked else df.iloc[:0]

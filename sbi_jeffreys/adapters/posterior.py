@@ -397,7 +397,7 @@ class ImportancePosterior(ProxyPosterior):
             raise RuntimeError("No flow sample fell inside the prior's support for some observation.")
         w = torch.softmax(log_w, dim=0)  # (nk, B)
         self.effective_sample_size = ess = 1.0 / (w.pow(2).sum(0) * w.shape[0])
-        self.fell_back = ess < self.min_ess if self.min_ess is not None else torch.zeros_like(ess, dtype=torch.bool)
+        self.fell_back = ess < (self.min_ess or 0.0)  # never without min_ess
         if self.fell_back.any():  # degenerate weights: those conditions get the flow (inside the support)
             flat = torch.softmax(torch.where(torch.isfinite(log_w), 0.0, -math.inf), dim=0)
             w = torch.where(self.fell_back, flat, w)

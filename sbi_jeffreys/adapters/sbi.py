@@ -411,8 +411,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             raise RuntimeError(
                 f"No energy model trained: call .train() before .build_posterior(sample_with={sample_with!r})."
             )
-        auto = sample_with == "auto"
-        if auto:
+        if sample_with == "auto":
             sample_with = "proxy" if self.proxy_gain()["mean"] > 0 else "flow"
             min_ess = 1.0 / oversampling if min_ess is None else min_ess
         if sample_with == "flow":

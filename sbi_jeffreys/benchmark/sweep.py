@@ -258,9 +258,7 @@ def _run_unit(unit: Unit) -> UnitResult:
         )
         # a proxy's held-out log-likelihood gain over its flow (JeffreysNPE.proxy_gain): on every
         # row of the training, so that a report can tell whether it predicts the better posterior
-        gain = None
-        if callable(getattr(inference, "proxy_gain", None)) and getattr(inference, "_energy_net", None) is not None:
-            gain = inference.proxy_gain()["mean"]
+        gain = inference.proxy_gain()["mean"] if callable(getattr(inference, "proxy_gain", None)) else None
     except Exception:
         return UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
     # 1) sample every (method, observation); 2) score them all, in parallel if asked
