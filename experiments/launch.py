@@ -130,6 +130,42 @@ def pack(out: Path, archive: Path, max_bytes: int = 5_000_000, log_tail: int = 2
     return left
 
 
+CHECKPOINT_PATTERNS = ("*/checkpoints/*.pt", "*/jobs/*.ckpt*")  # sbi_sweep.py's and density2d.py's
+
+
+def pack_checkpoints(out: Path, prefix: Path, part_bytes: int = 15 * 2**20) -> list[Path]:
+    """The unfinished trainings' checkpoints under ``out`` as one ``.tar.gz`` cut into parts of
+    at most ``part_bytes`` (``PREFIX.00``, ``PREFIX.01``, ...: a device call returns files of at
+    most 16 MiB), so that a training cut by the end of a device session continues in the next
+    (carry the parts, then ``--restore-checkpoints``). Returns the parts written."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for pattern in CHECKPOINT_PATTERNS:
+            for path in sorted(out.glob(pattern)):
+                if path.is_file() and not path.name.endswith(".tmp"):
+                    tar.add(path, arcname=str(path.relative_to(out)))
+    data = buffer.getvalue()
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, start in enumerate(range(0, len(data), part_bytes)):
+        parts.append(prefix.with_name(f"{prefix.name}.{i:02d}"))
+        parts[-1].write_bytes(data[start : start + part_bytes])
+    return parts
+
+
+def restore_checkpoints(prefix: Path, out: Path) -> list[str]:
+    """Join ``PREFIX.NN`` (from :func:`pack_checkpoints`) and unpack the checkpoints into ``out``,
+    where the relaunched sweeps resume them. Returns the files restored."""
+    parts = sorted(prefix.parent.glob(f"{prefix.name}.[0-9][0-9]"))
+    if not parts:
+        raise FileNotFoundError(f"no checkpoint parts {prefix}.NN")
+    out.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts)), mode="r:gz") as tar:
+        names = tar.getnames()
+        tar.extractall(out, filter="data")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path, help="run configuration (JSON)")
@@ -147,8 +183,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for the launched sweeps to end")
     p.add_argument("--pack", type=Path, metavar="ARCHIVE", help="write the results (no checkpoints) into one .tar.gz")
+    p.add_argument(
+        "--pack-checkpoints",
+        type=Path,
+        metavar="PREFIX",
+        help="also write the unfinished trainings' checkpoints as PREFIX.00, PREFIX.01, ... (15 MiB parts)",
+    )
+    p.add_argument(
+        "--restore-checkpoints",
+        type=Path,
+        metavar="PREFIX",
+        help="before launching, unpack PREFIX.NN (from --pack-checkpoints) into --out",
+    )
     args = p.parse_args(argv)
     config = load_config(args.config)
+    if args.pack_checkpoints is not None:
+        parts = pack_checkpoints(args.out, args.pack_checkpoints)
+        print(f"checkpoints: {', '.join(p.name for p in parts)}")
     if args.status or args.wait is not None or args.pack is not None:
         if args.wait is not None:
             alive = wait(args.out, args.wait)
@@ -160,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     env = {**os.environ, **{k: str(v) for k, v in config.get("env", {}).items()}}
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.restore_checkpoints is not None and not args.dry_run:
+        print(f"restored: {', '.join(restore_checkpoints(args.restore_checkpoints, args.out))}")
     if args.resume_from is not None and not args.dry_run:
         for sweep in config["sweeps"]:
             target = args.out / sweep["name"] / "results.csv"

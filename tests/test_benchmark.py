@@ -387,6 +387,50 @@ def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(
     assert len({r["proxy_gain"] for r in rows}) == 1 and math.isfinite(float(rows[0]["proxy_gain"]))
 
 
+@needs_jeffreys
+def test_unit_checkpoint_is_shared_resumed_and_removed_after_its_rows(tmp_path):
+    from sbi_jeffreys.benchmark.sweep import plan_units, run_unit
+
+    units, _ = plan_units(
+        ["two_moons"],
+        [200],
+        [0],
+        [1],
+        ["jeffreys_npe_proxy", "jeffreys_npe_flow", "npe"],
+        num_samples=50,
+        c2st="paper",
+        train_kwargs=_tiny_train("jeffreys"),
+        checkpoint_dir=str(tmp_path / "ck"),
+    )
+    jeffreys = [u for u in units if "jeffreys_npe_flow" in u.methods]
+    assert len(jeffreys) == 1 and jeffreys[0].checkpoint_path == str(
+        tmp_path / "ck" / "two_moons_n200_seed0_jeffreys_npe_proxy.pt"
+    )
+    unit = jeffreys[0]
+    first = run_unit(unit)
+    assert not first.errors and os.path.exists(unit.checkpoint_path)  # the parent deletes it
+    again = run_unit(unit)  # from the finished checkpoint: no training, the same posteriors
+    assert [r["c2st"] for r in again.rows] == [r["c2st"] for r in first.rows]
+    assert again.rows[0]["train_seconds"] < first.rows[0]["train_seconds"]
+    npe = [u for u in units if u.methods == ("npe",)][0]
+    assert not run_unit(npe).errors  # NPE's train() gets no checkpoint_path
+
+    report = run_sweep(
+        ["two_moons"],
+        [200],
+        [0],
+        [1],
+        ["jeffreys_npe_flow"],
+        tmp_path / "sweep",
+        num_samples=50,
+        c2st="paper",
+        train_kwargs=_tiny_train("jeffreys"),
+        progress=False,
+    )
+    assert report.failures == [] and report.rows_written == 1
+    assert list((tmp_path / "sweep" / "checkpoints").iterdir()) == []  # removed once the rows were written
+
+
 def test_failed_training_is_reported_and_writes_no_row(tmp_path):
     report = run_sweep(
         ["two_moons"],

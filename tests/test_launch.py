@@ -35,3 +35,26 @@ def test_wait_follows_the_sweeps_and_pack_leaves_checkpoints_behind(tmp_path):
     assert 0 < len(log) <= 20_000  # the log's tail only
     launch.os.killpg(int((out / "slow.pid").read_text()), 15)
     assert launch.wait(out, 10, poll=0.1) == []
+
+
+def test_checkpoints_travel_in_parts_and_restore_byte_for_byte(tmp_path):
+    import os
+
+    out = tmp_path / "run"
+    files = {
+        "t100k/checkpoints/two_moons_n100000_seed0_x.pt": os.urandom(40_000),
+        "pw/jobs/gmm40_seed0.ckpt.pw": os.urandom(5_000),
+    }
+    for name, data in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_bytes(data)
+    (out / "t100k" / "results.csv").write_text("task\n")  # results travel in --pack, not here
+    (out / "t100k" / "checkpoints" / "half.pt.tmp").write_bytes(b"0")  # a write in progress
+    parts = launch.pack_checkpoints(out, tmp_path / "back" / "ckpt", part_bytes=10_000)
+    assert len(parts) >= 5 and all(p.stat().st_size <= 10_000 for p in parts)
+    assert [p.name for p in parts][:2] == ["ckpt.00", "ckpt.01"]
+    fresh = tmp_path / "fresh"
+    assert sorted(launch.restore_checkpoints(tmp_path / "back" / "ckpt", fresh)) == sorted(files)
+    for name, data in files.items():
+        assert (fresh / name).read_bytes() == data
+    assert not (fresh / "t100k" / "results.csv").exists()

@@ -802,6 +802,64 @@ def test_save_load_round_trip_flow_tilted(trained_tilted, x_obs, tmp_path):
         assert torch.equal(before, after) and torch.equal(lp_before, lp_after), options
 
 
+class _KillAtEpoch(NoTracker):
+    """Raises when the given epoch is logged, as a killed process would stop there."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def log_metrics(self, metrics, step=None):
+        if step == self.epoch:
+            raise KeyboardInterrupt("killed")
+
+
+def test_checkpoint_resumes_a_killed_training_exactly(tmp_path):
+    """A training killed after epoch 3 and resumed from its checkpoint ends with the same
+    weights, history and epoch count as an uncut one; a finished checkpoint is not retrained."""
+    prior, theta, x = toy_data(300, 0)
+    kw = {**TINY, "max_num_epochs": 6, "energy_learning_rate": 1e-3}
+    path = tmp_path / "run.pt"
+
+    def run(tracker=None, **extra):
+        torch.manual_seed(0)
+        inference = make_inference(prior, tracker=tracker or NoTracker(), energy_estimator="flow_tilted")
+        inference.append_simulations(theta, x).train(**kw, **extra)
+        return inference
+
+    uncut = run()
+    with pytest.raises(KeyboardInterrupt):
+        run(tracker=_KillAtEpoch(4), checkpoint_path=path)
+    state = torch.load(path, weights_only=True)
+    assert state["trainer"]["epoch"] == 3 and not state["finished"]
+    torch.manual_seed(123)  # the resumed run owes nothing to the global seed: the RNG is restored
+    resumed = make_inference(prior, energy_estimator="flow_tilted")
+    resumed.append_simulations(theta, x).train(**kw, checkpoint_path=path)
+    for a, b in zip(uncut._neural_net.parameters(), resumed._neural_net.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.summary["validation_loss"] == uncut.summary["validation_loss"]
+    assert resumed.summary["epochs_trained"] == [6] and resumed.summary["resumed_at_epoch"] == [3]
+    assert torch.load(path, weights_only=True)["finished"]
+
+    again = make_inference(prior, energy_estimator="flow_tilted")
+    again.append_simulations(theta, x).train(**kw, checkpoint_path=path)  # finished: no training
+    for a, b in zip(uncut._neural_net.parameters(), again._neural_net.parameters()):
+        assert torch.equal(a, b)
+    assert again.summary["epochs_trained"] == [6]
+    assert again.build_posterior(sample_with="flow").sample((5,), x=x[0], show_progress_bars=False).shape == (5, D)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    prior, theta, x = toy_data(200, 0)
+    path = tmp_path / "run.pt"
+    make_inference(prior).append_simulations(theta, x).train(**TINY, checkpoint_path=path)
+    with pytest.raises(ValueError, match="other simulations"):
+        make_inference(prior).append_simulations(theta * 0.99, x).train(**TINY, checkpoint_path=path)
+    with pytest.raises(ValueError, match="other training options.*num_zeta_samples"):
+        make_inference(prior).append_simulations(theta, x).train(
+            **{**TINY, "num_zeta_samples": 8}, checkpoint_path=path
+        )
+
+
 class _Evil:
     def __init__(self, marker: str):
         self.marker = marker

@@ -19,6 +19,7 @@ the checks sbi leaves out, save/load); the options are :mod:`sbi_jeffreys.adapte
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from copy import deepcopy
@@ -33,6 +34,7 @@ from sbi.utils import within_support
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from sbi_jeffreys.adapters.checkpoint import check_same_run, read_checkpoint, write_checkpoint
 from sbi_jeffreys.adapters.options import JeffreysOptions
 from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
 from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
@@ -186,6 +188,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         energy_betas: tuple[float, float] = _D.energy_betas,
         cuda_graph: bool = _D.cuda_graph,
         options: JeffreysOptions | None = None,
+        checkpoint_path: str | os.PathLike | None = None,
     ) -> nn.Module:
         r"""Train :math:`p_\theta` and :math:`q_\psi` by GDA (Algorithm 3) and return the flow.
 
@@ -216,6 +219,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         ``JeffreysOptions.paper_d4()``); each keyword's default is its field's. Giving both
         ``options`` and a keyword that differs from its default is an error (which one wins
         would be a guess).
+
+        ``checkpoint_path`` (not in sbi): write the complete training state there after every
+        epoch, and, when the file exists, resume from it (same simulations and options, else an
+        error); a finished training is not repeated
+        (:mod:`sbi_jeffreys.adapters.checkpoint`).
         """
         keywords = locals()
         opts = JeffreysOptions(**{f.name: keywords[f.name] for f in fields(JeffreysOptions)})
@@ -229,7 +237,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         n = sum(t.shape[0] for t in self._theta_roundwise)
         if int((1 - validation_fraction) * n) < 1 or n - int((1 - validation_fraction) * n) < 1:
             raise ValueError(f"{n} simulations are too few for validation_fraction={validation_fraction}.")
-        resume = resume_training and self._trainer is not None
+        ckpt = read_checkpoint(checkpoint_path) if checkpoint_path is not None and self._trainer is None else None
+        if ckpt is not None:
+            self.train_indices, self.val_indices = ckpt["train_indices"], ckpt["val_indices"]
+        resume = (resume_training and self._trainer is not None) or ckpt is not None
         train_loader, val_loader = self.get_dataloaders(
             0, training_batch_size, validation_fraction, resume, dataloader_kwargs
         )
@@ -240,8 +251,22 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             self._energy_net = self._build_energy(theta_all[self.train_indices].cpu(), x_all[self.train_indices].cpu())
         flow, energy = self._neural_net.to(self._device), self._energy_net.to(self._device)
 
+        config = opts.engine_config(learning_rate, clip_max_norm, getattr(energy, "temperature", 1.0))
+        if ckpt is not None:
+            check_same_run(ckpt, theta_all, x_all, config)
+            self._trainer = JeffreysTrainer(flow, energy, config)
+            self._trainer.load_state_dict(_to_device(ckpt["trainer"], self._device))
+            self._summary.clear()
+            self._summary.update(ckpt["summary"])
+            self._num_excluded = int(ckpt["num_excluded"])
+            self._proxy_gain = None
+            if ckpt["finished"]:  # trained to the end before: the saved weights are the best ones
+                self._best_val_loss = self._summary["best_validation_loss"][-1]
+                return deepcopy(self._neural_net)
+            self._summary.setdefault("resumed_at_epoch", []).append(self._trainer.epoch)
+            # the epochs before the resume took this long (their durations are in the summary)
+            self._summary.setdefault("resumed_after_seconds", []).append(sum(self._summary["epoch_durations_sec"]))
         if not resume:
-            config = opts.engine_config(learning_rate, clip_max_norm, getattr(energy, "temperature", 1.0))
             if config.cuda_graph and torch.device(self._device).type == "cuda" and isinstance(flow, NFlowsFlow):
                 # nflows' splines index with data-dependent masks and its LU layers with host arrays
                 raise ValueError(
@@ -264,6 +289,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         assert trainer is not None
         start = time.time()
         epoch_start = [time.time()]
+        earlier = self._summary["resumed_after_seconds"][-1] if ckpt is not None else 0.0
 
         def validate() -> dict[str, float]:
             return trainer.evaluate(val_theta, val_x, batch_size=training_batch_size)
@@ -286,6 +312,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             stop_after_epochs=stop_after_epochs,
             show_progress=self._show_progress_bars,
             on_log=on_log,
+            checkpoint=None if checkpoint_path is None else lambda _: write_checkpoint(self, checkpoint_path, False),
         )
         best = trainer.best["metric"] if trainer.best else float("nan")
         if trainer.epoch >= max_num_epochs and not trainer.stopped_early and not trainer.diverged:
@@ -297,12 +324,14 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             )
         self._summary["epochs_trained"].append(trainer.epoch)
         self._summary["best_validation_loss"].append(best)
-        self._summary.setdefault("train_seconds", []).append(time.time() - start)
+        self._summary.setdefault("train_seconds", []).append(time.time() - start + earlier)
         self._summary.setdefault("num_excluded_simulations", []).append(getattr(self, "_num_excluded", 0))
         self._summary.setdefault("diverged", []).append(trainer.diverged)
         self._best_val_loss = best
         self._proxy_gain = None  # a new training: the held-out gain is measured again
         self._tracker.flush()
+        if checkpoint_path is not None:
+            write_checkpoint(self, checkpoint_path, True)
         if show_train_summary:
             print(
                 f"JeffreysNPE: {trainer.epoch} epochs, best validation NLL {best:.4f}, "
@@ -448,23 +477,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
     # ------------------------------------------------------------------ persistence
     def save(self, path: str) -> None:
         """Save simulations, split, both networks and the complete training state (atomic write)."""
-        import os
-
-        if self._trainer is None:
-            raise RuntimeError("Nothing to save: call .train() first.")
-        theta, x, _ = self.get_simulations(0)
-        state = {
-            "theta": theta.cpu(),
-            "x": x.cpu(),
-            "train_indices": self.train_indices,
-            "val_indices": self.val_indices,
-            "trainer": self._trainer.state_dict(),
-            "summary": {k: list(v) for k, v in self._summary.items()},
-            "num_excluded": getattr(self, "_num_excluded", 0),
-            "energy_estimator": self._energy_estimator_name or "",
-        }
-        torch.save(state, f"{path}.tmp")
-        os.replace(f"{path}.tmp", path)
+        write_checkpoint(self, path, finished=True)
 
     @classmethod
     def load(cls, path: str, prior: Distribution, **init_kwargs) -> "JeffreysNPE":

@@ -91,6 +91,7 @@ class Unit:
     sample_device: Optional[str] = None
     c2st_jobs: int = 1
     c2st_device: Optional[str] = None  # where c2st="torch" trains its classifiers
+    checkpoint_path: Optional[str] = None  # a JeffreysNPE training checkpoints here every epoch, resumes from it
 
     def keys(self) -> list[Key]:
         return [(self.task, self.num_simulations, self.seed, o, m) for m in self.methods for o in self.observations]
@@ -138,13 +139,15 @@ def plan_units(
     sample_devices: Optional[Sequence[str]] = None,
     c2st_jobs: int = 1,
     c2st_device: Optional[str] = None,
+    checkpoint_dir: Optional[str | os.PathLike] = None,
 ) -> tuple[list[Unit], int]:
     """Validate the grid and return ``(units still to run, number of units skipped)``.
 
     Methods with the same ``training_key`` share a unit. A unit keeps only the methods and
     observations that have at least one missing cell; units with none are skipped. Devices
     (and ``sample_devices``, where posteriors are sampled if the method can move them) are
-    assigned round-robin over the units to run.
+    assigned round-robin over the units to run. With ``checkpoint_dir`` each unit's training
+    checkpoints to (and resumes from) a file there named after the unit's training.
 
     Raises:
         ValueError: unknown task, method or C2ST variant (listing the valid names), empty
@@ -212,6 +215,11 @@ def plan_units(
                             ),
                             c2st_jobs=int(c2st_jobs),
                             c2st_device=c2st_device,
+                            checkpoint_path=(
+                                None
+                                if checkpoint_dir is None
+                                else os.path.join(checkpoint_dir, f"{task}_n{budget}_seed{seed}_{group[0]}.pt")
+                            ),
                         )
                     )
     return todo, skipped
@@ -246,16 +254,24 @@ def _run_unit(unit: Unit) -> UnitResult:
         start = time.perf_counter()
         simulations = algorithm.simulate(task, unit.num_simulations, unit.seed)
         simulate_seconds = time.perf_counter() - start
+        train_kwargs = dict(unit.train_kwargs)
+        if unit.checkpoint_path is not None:  # only JeffreysNPE's train() takes it; others drop it
+            os.makedirs(os.path.dirname(unit.checkpoint_path), exist_ok=True)
+            train_kwargs["checkpoint_path"] = unit.checkpoint_path
         inference, train_seconds = algorithm.train_inference(
             task,
             unit.num_simulations,
             unit.methods[0],
             unit.seed,
             unit.device,
-            unit.train_kwargs,
+            train_kwargs,
             simulations=simulations,
             **unit.method_kwargs,
         )
+        # a training resumed from its checkpoint: count the epochs run before the resume too
+        summary = getattr(inference, "_summary", {})
+        resumed_at = summary.get("resumed_at_epoch", [])
+        train_seconds += float(sum(summary.get("resumed_after_seconds", [])[-1:]))
         # a proxy's held-out log-likelihood gain over its flow (JeffreysNPE.proxy_gain): on every
         # row of the training, so that a report can tell whether it predicts the better posterior
         gain = inference.proxy_gain()["mean"] if callable(getattr(inference, "proxy_gain", None)) else None
@@ -306,6 +322,8 @@ def _run_unit(unit: Unit) -> UnitResult:
                     row["ess"] = obs_ess
                 if gain is not None:
                     row["proxy_gain"] = gain
+                if resumed_at:
+                    row["resumed_at_epoch"] = resumed_at[-1]
                 drawn.append((row, samples))
         except Exception:
             errors[method] = traceback.format_exc()
@@ -432,6 +450,7 @@ def run_sweep(
     c2st_device: Optional[str] = None,
     progress: bool = True,
     summarize: bool = True,
+    checkpoints: bool = True,
 ) -> SweepReport:
     """Run (or resume) a sweep into ``out``; see the module docstring for the protocol.
 
@@ -460,6 +479,9 @@ def run_sweep(
         c2st_device: where ``c2st="torch"`` trains (default: the unit's sampling device).
         progress: show a tqdm bar over units.
         summarize: write ``summary.csv`` and the figure at the end.
+        checkpoints: JeffreysNPE trainings write their state to ``out/checkpoints/`` every
+            epoch, so that a killed sweep resumes them mid-training; a unit's checkpoint is
+            deleted once its rows are written.
     """
     if backend not in ("local", "dask"):
         raise ValueError(f"Unknown backend {backend!r}; valid backends are: local, dask")
@@ -485,6 +507,7 @@ def run_sweep(
         sample_devices=sample_devices,
         c2st_jobs=c2st_jobs,
         c2st_device=c2st_device,
+        checkpoint_dir=str(out / "checkpoints") if checkpoints else None,
     )
     _check_config(
         out,
@@ -504,6 +527,8 @@ def run_sweep(
         with tqdm(total=len(units), desc=f"sweep ({skipped} done before)", disable=not progress) as bar:
             for result in results:
                 written += store.append(result.rows)
+                if not result.errors and result.unit.checkpoint_path and os.path.exists(result.unit.checkpoint_path):
+                    os.remove(result.unit.checkpoint_path)  # its rows are written: the training is done
                 for method, tb in result.errors.items():
                     failures.append((result.unit.label(), method, tb))
                     bar.write(f"FAILED {result.unit.label()} [{method}]:\n{tb}")
