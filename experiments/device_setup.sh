@@ -3,10 +3,10 @@
 # repository out of the tree a later call re-lays (/tmp/repo), installs the carried wheels
 # (.whl/) into /tmp/site, and keeps whatever else this call carried: the halves of the Inception
 # weights (.fid1/, .fid2/: joined into /tmp/default_1.pt once both came) and Fashion-MNIST's idx
-# files (.fmnist/ -> /tmp/fmnist).
+# files (.fmnist/ -> /tmp/fmnist) and the parts of cut trainings' checkpoints (.ckpt/ -> /tmp/ckpt).
 set -e
 mkdir -p /tmp/repo  # the code only: the carried data folders are copied where they are used
-tar --exclude=./.whl --exclude=./.fid1 --exclude=./.fid2 --exclude=./.fmnist -cf - . | tar -xf - -C /tmp/repo
+tar --exclude=./.whl --exclude=./.fid1 --exclude=./.fid2 --exclude=./.fmnist --exclude=./.ckpt -cf - . | tar -xf - -C /tmp/repo
 if [ -d .whl ] && [ -n "$(ls .whl 2>/dev/null)" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
@@ -15,6 +15,8 @@ if [ ! -f /tmp/default_1.pt ] && [ -f /tmp/fidpart_aa ] && [ -f /tmp/fidpart_ab 
   cat /tmp/fidpart_aa /tmp/fidpart_ab > /tmp/default_1.pt
 fi
 if [ -d .fmnist ]; then mkdir -p /tmp/fmnist && cp .fmnist/* /tmp/fmnist/; fi
+# checkpoint parts of cut trainings (launch.py --pack-checkpoints): relaunch with --restore-checkpoints /tmp/ckpt/ckpt
+if [ -d .ckpt ]; then mkdir -p /tmp/ckpt && cp .ckpt/* /tmp/ckpt/; fi
 export PYTHONPATH=/tmp/repo:/tmp/site SBI_JEFFREYS_FID_WEIGHTS=/tmp/default_1.pt
 export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
 cd /tmp/repo
