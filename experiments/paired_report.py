@@ -20,7 +20,8 @@ file (results of an older run whose registry name now means something else).
 
 ``--select-by-gain PROXY FLOW NAME`` adds the rows of ``build_posterior(sample_with="auto")``
 without sampling again: for every training whose PROXY rows carry its held-out ``proxy_gain``,
-NAME gets a copy of the PROXY rows if the gain is positive, else of the FLOW rows (one training,
+NAME gets a copy of the PROXY rows if the gain is positive, else (also when it was not finite:
+column ``proxy_gain_nonfinite`` > 0) of the FLOW rows (one training,
 the same seeded draws: exactly what a sweep of NAME writes); column ``selected`` says which. A
 PROXY row whose effective sample size is below 1/16 (``auto``'s ``min_ess`` at the default
 oversampling) takes the FLOW row's C2ST: ``auto`` draws from the flow there (the same
@@ -69,12 +70,16 @@ def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str, min_ess: 
     if "proxy_gain" not in df:
         return df.iloc[:0]
     training = ["task", "num_simulations", "seed"]
-    gains = df[(df.method == proxy) & df.proxy_gain.notna()].groupby(training)["proxy_gain"].first()
+    # a gain that was measured but not finite (column proxy_gain_nonfinite > 0): auto takes the flow
+    measured = df.proxy_gain.notna()
+    if "proxy_gain_nonfinite" in df:
+        measured |= df.proxy_gain_nonfinite.fillna(0) > 0
+    gains = df[(df.method == proxy) & measured].groupby(training)["proxy_gain"].first()
     picked = []
     for key, gain in gains.items():
         mine = (df[training] == pd.Series(key, index=training)).all(axis=1)
         rows = df[(df.method == proxy if gain > 0 else df.method == flow) & mine].copy()
-        rows["selected"] = "proxy" if gain > 0 else "flow"
+        rows["selected"] = "proxy" if gain > 0 else ("flow" if gain == gain else "flow (gain not finite)")
         if gain > 0 and "ess" in rows:  # observations whose weights degenerate get the flow's draws
             low = rows.ess < min_ess
             flow_c2st = df[(df.method == flow) & mine].set_index("observation")["c2st"]

@@ -385,6 +385,7 @@ def test_jeffreys_sweep_shares_training_batches_langevin_and_scores_in_parallel(
     assert langevin[0] == langevin[1] > 0  # one batch for both observations, time shared out
     # the proxy's held-out gain over its flow: one value per training, on every row of it
     assert len({r["proxy_gain"] for r in rows}) == 1 and math.isfinite(float(rows[0]["proxy_gain"]))
+    assert rows[0]["proxy_gain_nonfinite"] == "0"
 
 
 @needs_jeffreys
@@ -581,10 +582,23 @@ def test_select_by_gain_copies_the_posterior_that_auto_picks_per_training():
             rows.append({**base, "method": "proxy", "c2st": 0.6 + obs / 100, "proxy_gain": gain, "ess": ess})
             rows.append({**base, "method": "flow", "c2st": 0.7 + obs / 100, "proxy_gain": gain})
     rows.append(dict(task="t", num_simulations=100, seed=2, observation=1, method="proxy", c2st=0.9))  # no gain
+    for method, c2st in (("proxy", 0.5), ("flow", 0.8)):  # seed 3: a gain measured, not finite
+        rows.append(
+            dict(
+                task="t",
+                num_simulations=100,
+                seed=3,
+                observation=1,
+                method=method,
+                c2st=c2st,
+                proxy_gain=float("nan"),
+                proxy_gain_nonfinite=3,
+            )
+        )
     picked = report.select_by_gain(pd.DataFrame(rows), "proxy", "flow", "auto").sort_values(["seed", "observation"])
-    assert list(picked.method.unique()) == ["auto"] and list(picked.seed) == [0, 0, 1, 1]
-    assert list(picked.selected) == ["proxy", "flow (ess)", "flow", "flow"]
-    assert list(picked.c2st) == pytest.approx([0.61, 0.72, 0.71, 0.72])
+    assert list(picked.method.unique()) == ["auto"] and list(picked.seed) == [0, 0, 1, 1, 3]
+    assert list(picked.selected) == ["proxy", "flow (ess)", "flow", "flow", "flow (gain not finite)"]
+    assert list(picked.c2st) == pytest.approx([0.61, 0.72, 0.71, 0.72, 0.8])
 
 
 def test_c2st_compaction_continues_the_active_classifiers_exactly():

@@ -705,6 +705,7 @@ def test_error_unknown_sample_with_and_method(trained):
 def test_proxy_gain_is_the_held_out_log_ratio_and_auto_follows_its_sign(trained_tilted, monkeypatch):
     gain = trained_tilted.proxy_gain(num_zeta_samples=512)
     assert gain["n"] == len(trained_tilted.val_indices) and math.isfinite(gain["mean"]) and gain["sem"] > 0
+    assert gain["nonfinite"] == 0
     assert trained_tilted.proxy_gain(num_zeta_samples=512) == gain  # cached: the same number each call
     theta, x, _ = trained_tilted.get_simulations(0)
     post = trained_tilted.build_posterior(sample_with="proxy", num_zeta_samples=512)

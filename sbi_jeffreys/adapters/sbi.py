@@ -354,7 +354,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         proxy is the better posterior on average over the prior predictive. At most ``max_pairs``
         validation pairs are used (the split is random; the standard error says what that costs).
         Cached per training; ``build_posterior(sample_with="auto")`` samples the proxy only when
-        it is positive."""
+        it is positive. ``nonfinite`` counts the pairs whose estimate is not finite (a spike of
+        :math:`g` overflowing :math:`\hat\zeta`); with any, the mean is NaN and ``"auto"`` samples
+        the flow."""
         if self._energy_net is None or self._neural_net is None:
             raise RuntimeError("Nothing trained yet: call .train() before .proxy_gain().")
         cached = self._proxy_gain
@@ -376,6 +378,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             "mean": float(ratio.mean()),
             "sem": sem,
             "n": n,
+            "nonfinite": int((~torch.isfinite(ratio)).sum()),
             "num_zeta_samples": num_zeta_samples,
             "max_pairs": max_pairs,
         }

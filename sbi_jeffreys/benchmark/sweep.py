@@ -274,7 +274,7 @@ def _run_unit(unit: Unit) -> UnitResult:
         train_seconds += float(sum(summary.get("resumed_after_seconds", [])[-1:]))
         # a proxy's held-out log-likelihood gain over its flow (JeffreysNPE.proxy_gain): on every
         # row of the training, so that a report can tell whether it predicts the better posterior
-        gain = inference.proxy_gain()["mean"] if callable(getattr(inference, "proxy_gain", None)) else None
+        gain = inference.proxy_gain() if callable(getattr(inference, "proxy_gain", None)) else None
     except Exception:
         return UnitResult(unit, [], {m: traceback.format_exc() for m in unit.methods})
     # 1) sample every (method, observation); 2) score them all, in parallel if asked
@@ -321,7 +321,7 @@ def _run_unit(unit: Unit) -> UnitResult:
                 if obs_ess is not None:
                     row["ess"] = obs_ess
                 if gain is not None:
-                    row["proxy_gain"] = gain
+                    row["proxy_gain"], row["proxy_gain_nonfinite"] = gain["mean"], gain["nonfinite"]
                 if resumed_at:
                     row["resumed_at_epoch"] = resumed_at[-1]
                 drawn.append((row, samples))
