@@ -271,7 +271,7 @@ def _run_unit(unit: Unit) -> UnitResult:
         # a training resumed from its checkpoint: count the epochs run before the resume too
         summary = getattr(inference, "_summary", {})
         resumed_at = summary.get("resumed_at_epoch", [])
-        train_seconds += float(sum(summary.get("resumed_after_seconds", [])[-1:]))
+        train_seconds += float((summary.get("resumed_after_seconds") or [0.0])[-1])
         # a proxy's held-out log-likelihood gain over its flow (JeffreysNPE.proxy_gain): on every
         # row of the training, so that a report can tell whether it predicts the better posterior
         gain = inference.proxy_gain() if callable(getattr(inference, "proxy_gain", None)) else None
