@@ -197,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     config = load_config(args.config)
-    if args.pack_checkpoints is not None:
-        parts = pack_checkpoints(args.out, args.pack_checkpoints)
-        print(f"checkpoints: {', '.join(p.name for p in parts)}")
-    if args.status or args.wait is not None or args.pack is not None:
+    if args.status or args.wait is not None or args.pack is not None or args.pack_checkpoints is not None:
         if args.wait is not None:
             alive = wait(args.out, args.wait)
             print(f"still running: {', '.join(alive)}" if alive else "all sweeps ended")
+        if args.pack_checkpoints is not None:  # after the wait: the newest epoch travels
+            parts = pack_checkpoints(args.out, args.pack_checkpoints)
+            print(f"checkpoints: {', '.join(p.name for p in parts)}")
         if args.pack is not None:
             left = pack(args.out, args.pack)
             print(f"packed {args.pack}" + (f"; left out: {', '.join(left)}" if left else ""))

@@ -58,3 +58,22 @@ def test_checkpoints_travel_in_parts_and_restore_byte_for_byte(tmp_path):
     for name, data in files.items():
         assert (fresh / name).read_bytes() == data
     assert not (fresh / "t100k" / "results.csv").exists()
+
+
+def test_checkpoints_are_packed_after_the_wait(tmp_path):
+    # 2026-12-03: packing before --wait sent back the checkpoints of the call's start, not its end
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys, time, pathlib\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); (out / 'checkpoints').mkdir(parents=True)\n"
+        "(out / 'checkpoints' / 'a.pt').write_bytes(b'early'); time.sleep(1.5)\n"
+        "(out / 'checkpoints' / 'a.pt').write_bytes(b'late')\n"
+    )
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"description": "", "sweeps": [{"name": "s", "script": str(script), "args": []}]}))
+    out = tmp_path / "run"
+    assert launch.main([str(config), "--out", str(out)]) == 0
+    prefix = tmp_path / "back" / "ckpt"
+    assert launch.main([str(config), "--out", str(out), "--wait", "30", "--pack-checkpoints", str(prefix)]) == 0
+    launch.restore_checkpoints(prefix, tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "s" / "checkpoints" / "a.pt").read_bytes() == b"late"
