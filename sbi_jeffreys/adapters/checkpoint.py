@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from sbi_jeffreys.trainer_state import atomic_save
 
-__all__ = ["checkpoint_state", "read_checkpoint", "write_checkpoint", "check_same_run"]
+__all__ = ["checkpoint_state", "read_checkpoint", "write_checkpoint", "check_same_run", "load_inference", "to_device"]
 
 
 def checkpoint_state(inference, finished: bool) -> dict[str, Any]:
@@ -75,3 +75,41 @@ def check_same_run(state: dict[str, Any], theta: Tensor, x: Tensor, config) -> N
 def _normalized(config: dict[str, Any]) -> dict[str, Any]:
     # tuples come back from torch.load as lists; compare through JSON
     return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def load_inference(cls, path: str | os.PathLike, prior, **init_kwargs):
+    """``cls`` (``JeffreysNPE``) rebuilt from a file of :func:`write_checkpoint`, with the
+    networks' best validated weights; a named energy estimator is remembered, custom builders
+    must be passed again."""
+    from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
+
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if state.get("energy_estimator") and "energy_estimator" not in init_kwargs:
+        init_kwargs["energy_estimator"] = state["energy_estimator"]  # the saved proxy family
+    self = cls(prior, **init_kwargs)
+    self.append_simulations(state["theta"], state["x"])
+    self.train_indices, self.val_indices = state["train_indices"], state["val_indices"]
+    theta, x = state["theta"][self.train_indices], state["x"][self.train_indices]
+    self._neural_net = self._build_neural_net(theta, x).to(self._device)
+    self._energy_net = self._build_energy(theta, x).to(self._device)
+    cfg = state["trainer"]["config"]
+    config = JeffreysConfig(**{f.name: cfg[f.name] for f in fields(JeffreysConfig) if f.name in cfg})
+    self._trainer = JeffreysTrainer(self._neural_net, self._energy_net, config)
+    self._trainer.load_state_dict(to_device(state["trainer"], self._device))
+    if self._trainer.best is not None:
+        self._neural_net.load_state_dict(self._trainer.best["flow"])
+        self._energy_net.load_state_dict(self._trainer.best["energy"])
+    self._summary = state["summary"]
+    self._num_excluded = int(state.get("num_excluded", 0))  # the saved x are the valid ones only
+    return self
+
+
+def to_device(tree, device):
+    """A checkpoint's nested tensors moved to ``device`` (RNG states, uint8, stay where they are)."""
+    if isinstance(tree, Tensor):
+        return tree if tree.dtype == torch.uint8 else tree.to(device)
+    if isinstance(tree, dict):
+        return {k: to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [to_device(v, device) for v in tree]
+    return tree

@@ -13,8 +13,10 @@ constraint (or B.6's box on their batch average). Everything else is sbi's:
 proxy's held-out log-likelihood beats the flow's (:meth:`JeffreysNPE.proxy_gain`), and samples
 the flow otherwise.
 
-Module size (about 430 lines): most of it is sbi's API surface (``train``'s documented signature,
-the checks sbi leaves out, save/load); the options are :mod:`sbi_jeffreys.adapters.options`.
+Most of this module is sbi's API surface (``train``'s documented signature, the checks sbi leaves
+out); the options are :mod:`sbi_jeffreys.adapters.options`, the choice and construction of the
+posterior :mod:`sbi_jeffreys.adapters.selection`, checkpoints and loading
+:mod:`sbi_jeffreys.adapters.checkpoint`.
 """
 
 from __future__ import annotations
@@ -27,17 +29,22 @@ from dataclasses import fields
 from typing import Any, Callable, Literal
 
 import torch
-from sbi.inference.posteriors.direct_posterior import DirectPosterior
 from sbi.inference.trainers.npe.npe_base import PosteriorEstimatorTrainer
 from sbi.neural_nets.estimators import NFlowsFlow
 from sbi.utils import within_support
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from sbi_jeffreys.adapters.checkpoint import check_same_run, read_checkpoint, write_checkpoint
+from sbi_jeffreys.adapters.checkpoint import (
+    check_same_run,
+    load_inference,
+    read_checkpoint,
+    to_device,
+    write_checkpoint,
+)
 from sbi_jeffreys.adapters.options import JeffreysOptions
-from sbi_jeffreys.adapters.posterior import ImportancePosterior, LangevinPosterior
-from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
+from sbi_jeffreys.adapters.selection import held_out_gain, make_posterior
+from sbi_jeffreys.engine import JeffreysTrainer
 from sbi_jeffreys.nets.ebm import energy_nn, is_flow_tilted
 from sbi_jeffreys.nets.flows import reparameterized
 from sbi_jeffreys.warm_start import warm_start_energy
@@ -255,7 +262,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if ckpt is not None:
             check_same_run(ckpt, theta_all, x_all, config)
             self._trainer = JeffreysTrainer(flow, energy, config)
-            self._trainer.load_state_dict(_to_device(ckpt["trainer"], self._device))
+            self._trainer.load_state_dict(to_device(ckpt["trainer"], self._device))
             self._summary.clear()
             self._summary.update(ckpt["summary"])
             self._num_excluded = int(ckpt["num_excluded"])
@@ -363,27 +370,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if cached is not None and (cached["num_zeta_samples"], cached["max_pairs"]) == (num_zeta_samples, max_pairs):
             return dict(cached)
         theta_all, x_all, _ = self.get_simulations(0)
-        modes = self._neural_net.training, self._energy_net.training
-        post = ImportancePosterior(
-            self._neural_net, self._energy_net, self._prior, num_zeta_samples=num_zeta_samples, device=self._device
-        )
-        with torch.random.fork_rng(devices=[] if torch.device(self._device).type == "cpu" else [self._device]):
-            torch.manual_seed(0)  # the same estimate each call
-            pairs = self.val_indices[:max_pairs]
-            ratio = post.log_ratio(theta_all[pairs], x_all[pairs]).double().cpu()
-        self._neural_net.train(modes[0]), self._energy_net.train(modes[1])  # the posterior set eval mode
-        n = ratio.numel()
-        sem = float(ratio.std() / n**0.5) if n > 1 else float("nan")
-        gain: dict[str, float] = {
-            "mean": float(ratio.mean()),
-            "sem": sem,
-            "n": n,
-            "nonfinite": int((~torch.isfinite(ratio)).sum()),
-            "num_zeta_samples": num_zeta_samples,
-            "max_pairs": max_pairs,
-        }
-        self._proxy_gain = gain
-        return dict(gain)
+        pairs = self.val_indices[:max_pairs]
+        nets = self._neural_net, self._energy_net, self._prior
+        gain = held_out_gain(*nets, theta_all[pairs], x_all[pairs], num_zeta_samples, self._device)
+        self._proxy_gain = {**gain, "num_zeta_samples": num_zeta_samples, "max_pairs": max_pairs}
+        return dict(self._proxy_gain)
 
     def build_posterior(
         self,
@@ -404,10 +395,11 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         r"""``sample_with=None`` means ``"auto"`` for the flow-tilted proxy and ``"flow"`` for the
         paper's free EBM (whose proxy is far worse than its flow). ``"auto"``: the proxy if its
         held-out log-likelihood gain over the flow (:meth:`proxy_gain`) is positive, else the
-        flow. Measured (docs/results.md, docs/tried.md), its sign named the better of the two
-        in 9 of 13 trainings: at 10⁴ simulations on gaussian_linear_uniform and bernoulli_glm
-        the proxy overfits (negative gain) and the flow is the better posterior; its one large
-        miss was a proxy whose rare spikes the held-out pairs did not hit, which ``min_ess`` catches.
+        flow (:mod:`sbi_jeffreys.adapters.selection`). Measured (docs/results.md, docs/tried.md):
+        its sign names the better of the two wherever they differ by more than about 0.005 C2ST
+        (at 10⁴ simulations on gaussian_linear_uniform and bernoulli_glm the proxy overfits,
+        the gain is negative and the flow is the better posterior); its one large miss was a
+        proxy whose rare spikes the held-out pairs did not hit, which ``min_ess`` catches.
         When ``"auto"`` picks the proxy, an observation whose importance weights degenerate
         (effective sample size below ``min_ess``, by default 1/``oversampling``: fewer
         effective draws than samples asked for) gets the flow's samples instead (a spike of
@@ -431,50 +423,23 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         that lives on that device too."""
         if self._neural_net is None and density_estimator is None:
             raise RuntimeError("Nothing trained yet: call .train() before .build_posterior().")
-        prior = prior if prior is not None else self._prior
-        device = str(torch.device(device)) if device is not None else self._device
-        flow = deepcopy(density_estimator if density_estimator is not None else self._neural_net).to(device)
-        if sample_with is None:
-            tilted = self._energy_net is not None and is_flow_tilted(self._energy_net)
-            sample_with = "auto" if tilted else "flow"
-        if sample_with not in ("flow", "proxy", "langevin", "auto"):
-            raise ValueError(f"sample_with must be 'flow', 'proxy', 'langevin' or 'auto', got {sample_with!r}.")
-        if sample_with != "flow" and self._energy_net is None:
-            raise RuntimeError(
-                f"No energy model trained: call .train() before .build_posterior(sample_with={sample_with!r})."
-            )
-        if sample_with == "auto":
-            sample_with = "proxy" if self.proxy_gain()["mean"] > 0 else "flow"
-            min_ess = 1.0 / oversampling if min_ess is None else min_ess
-        if sample_with == "flow":
-            self._posterior = DirectPosterior(flow.eval(), prior, device=device, **kwargs)
-            return self._posterior
-        assert self._energy_net is not None
-        if sample_with == "proxy":
-            self._posterior = ImportancePosterior(
-                flow,
-                deepcopy(self._energy_net).to(device),
-                prior,
-                oversampling=oversampling,
-                num_zeta_samples=num_zeta_samples,
-                device=device,
-                min_ess=min_ess,
-            )
-        else:
-            space = langevin_space or ("latent" if is_flow_tilted(self._energy_net) else "theta")
-            latent = space == "latent"
-            self._posterior = LangevinPosterior(
-                flow,
-                deepcopy(self._energy_net).to(device),
-                prior,
-                num_steps=num_steps,
-                step_size=step_size if step_size is not None else (0.1 if latent else 1e-4),
-                method=langevin_method or ("mala" if latent else "ula"),
-                num_zeta_samples=num_zeta_samples,
-                device=device,
-                space=space,
-                target_acceptance=target_acceptance if target_acceptance is not None else (0.574 if latent else None),
-            )
+        self._posterior = make_posterior(
+            density_estimator if density_estimator is not None else self._neural_net,
+            self._energy_net,
+            prior if prior is not None else self._prior,
+            sample_with,
+            lambda: self.proxy_gain()["mean"],
+            device=str(torch.device(device)) if device is not None else self._device,
+            langevin_method=langevin_method,
+            num_steps=num_steps,
+            step_size=step_size,
+            num_zeta_samples=num_zeta_samples,
+            oversampling=oversampling,
+            langevin_space=langevin_space,
+            target_acceptance=target_acceptance,
+            min_ess=min_ess,
+            **kwargs,
+        )
         return self._posterior
 
     # ------------------------------------------------------------------ persistence
@@ -487,32 +452,4 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         """Rebuild a saved ``JeffreysNPE`` (same builders as when saved: a named energy estimator
         is remembered, custom builders must be passed again; defaults unless passed)
         from a file written by :meth:`save`, with ``torch.load(weights_only=True)``."""
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        if state.get("energy_estimator") and "energy_estimator" not in init_kwargs:
-            init_kwargs["energy_estimator"] = state["energy_estimator"]  # the saved proxy family
-        self = cls(prior, **init_kwargs)
-        self.append_simulations(state["theta"], state["x"])
-        self.train_indices, self.val_indices = state["train_indices"], state["val_indices"]
-        theta, x = state["theta"][self.train_indices], state["x"][self.train_indices]
-        self._neural_net = self._build_neural_net(theta, x).to(self._device)
-        self._energy_net = self._build_energy(theta, x).to(self._device)
-        cfg = state["trainer"]["config"]
-        config = JeffreysConfig(**{f.name: cfg[f.name] for f in fields(JeffreysConfig) if f.name in cfg})
-        self._trainer = JeffreysTrainer(self._neural_net, self._energy_net, config)
-        self._trainer.load_state_dict(_to_device(state["trainer"], self._device))
-        if self._trainer.best is not None:
-            self._neural_net.load_state_dict(self._trainer.best["flow"])
-            self._energy_net.load_state_dict(self._trainer.best["energy"])
-        self._summary = state["summary"]
-        self._num_excluded = int(state.get("num_excluded", 0))  # the saved x are the valid ones only
-        return self
-
-
-def _to_device(tree, device):
-    if isinstance(tree, Tensor):
-        return tree if tree.dtype == torch.uint8 else tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to_device(v, device) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_to_device(v, device) for v in tree]
-    return tree
+        return load_inference(cls, path, prior, **init_kwargs)
