@@ -79,7 +79,7 @@ def select_by_gain(df: pd.DataFrame, proxy: str, flow: str, name: str, min_ess: 
     for key, gain in gains.items():
         mine = (df[training] == pd.Series(key, index=training)).all(axis=1)
         rows = df[(df.method == proxy if gain > 0 else df.method == flow) & mine].copy()
-        rows["selected"] = "proxy" if gain > 0 else ("flow" if gain == gain else "flow (gain not finite)")
+        rows["selected"] = "proxy" if gain > 0 else "flow (gain not finite)" if pd.isna(gain) else "flow"
         if gain > 0 and "ess" in rows:  # observations whose weights degenerate get the flow's draws
             low = rows.ess < min_ess
             flow_c2st = df[(df.method == flow) & mine].set_index("observation")["c2st"]

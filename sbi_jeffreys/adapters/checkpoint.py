@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
 from sbi_jeffreys.trainer_state import atomic_save
 
 __all__ = ["checkpoint_state", "read_checkpoint", "write_checkpoint", "check_same_run", "load_inference", "to_device"]
@@ -81,8 +82,6 @@ def load_inference(cls, path: str | os.PathLike, prior, **init_kwargs):
     """``cls`` (``JeffreysNPE``) rebuilt from a file of :func:`write_checkpoint`, with the
     networks' best validated weights; a named energy estimator is remembered, custom builders
     must be passed again."""
-    from sbi_jeffreys.engine import JeffreysConfig, JeffreysTrainer
-
     state = torch.load(path, weights_only=True, map_location="cpu")
     if state.get("energy_estimator") and "energy_estimator" not in init_kwargs:
         init_kwargs["energy_estimator"] = state["energy_estimator"]  # the saved proxy family
