@@ -15,8 +15,9 @@ writes into ``--out``:
         --out experiments/results/gmm40_h200
 
 ``--in-progress`` reads the checkpoints of runs not yet finished instead (``RUN/*/jobs/*.ckpt*``:
-the dual, the NF, WGAN-GP and the stacked P-W), every curve cut at the iteration that all of them
-reached (or ``--at``), so that a run spanning several device sessions can be reported as it stands.
+the dual, the NF, WGAN-GP and the stacked P-W) and the curves of finished runs given beside them,
+every curve cut at the iteration that all of them reached (or ``--at``), so that a run spanning
+several device sessions can be compared with finished ones at the same iteration.
 """
 
 from __future__ import annotations
@@ -43,12 +44,33 @@ def read(folders: list[Path]) -> tuple[list[dict], list[dict]]:
     return rows, curves
 
 
+def finished_curves(folder: Path) -> list[tuple[str, str, list[float], list[float], list[float]]]:
+    """(model, seed, iterations, test NLL, log zeta) of each training in a finished run's ``curves.csv``."""
+    _, curves = read([folder])
+    grouped: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for c in curves:
+        grouped[(c["model"], c["seed"])].append(c)
+    return [
+        (
+            model,
+            seed,
+            [int(c["iteration"]) for c in cs],
+            [as_float(c["test_nll"]) for c in cs],
+            [as_float(c.get("log_zeta")) for c in cs],
+        )
+        for (model, seed), cs in grouped.items()
+    ]
+
+
 def read_checkpoints(folders: list[Path], at: int | None = None) -> tuple[list[dict], list[dict], int]:
     """Rows and curves of the gmm40 checkpoints under ``folders``, cut at a common iteration."""
     import torch
 
     found: list[tuple[str, str, list[float], list[float], list[float]]] = []  # model, seed, its, nll, log zeta
     for folder in folders:
+        if not list(folder.glob("jobs/gmm40_seed*.ckpt*")) and (folder / "curves.csv").exists():
+            found += finished_curves(folder)  # a finished run: its curves, cut like the others
+            continue
         for path in sorted(folder.glob("jobs/gmm40_seed*.ckpt*")):
             if path.name.endswith(".tmp"):
                 continue

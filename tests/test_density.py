@@ -295,11 +295,23 @@ def test_gmm40_report_in_progress_reads_every_kind_of_checkpoint(tmp_path):
     fit_stacked(pw, train, iterations=8, checkpoint_path=f"{ckpt}.pw", **fit)
     (jobs / "gmm40_seed0.pw_models.json").write_text(json.dumps(["pw_fw1_rv1", "pw_fw5_rv1"]))
 
+    # a finished run beside them (curves.csv, no checkpoint) is cut at the same iteration
+    done = tmp_path / "done"
+    done.mkdir()
+    with open(done / "curves.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["dataset", "seed", "model", "iteration", "test_nll", "log_zeta"])
+        w.writeheader()
+        for it, nll in [(2, 3.0), (4, 2.0), (6, -9.0)]:
+            w.writerow(dict(dataset="gmm40", seed=0, model="wgan_lr1e-05", iteration=it, test_nll=nll, log_zeta="nan"))
+    (done / "results.csv").write_text("dataset,seed,model\n")
+
     from experiments.gmm40_report import main
 
-    summary = {s["model"]: s for s in main([str(tmp_path / "run"), "--in-progress", "--out", str(tmp_path / "out")])}
-    assert set(summary) == {"jeffreys_p", "jeffreys_q", "nf", "pw_fw1_rv1", "pw_fw5_rv1"}
+    runs = [str(tmp_path / "run"), str(done)]
+    summary = {s["model"]: s for s in main([*runs, "--in-progress", "--out", str(tmp_path / "out")])}
+    assert set(summary) == {"jeffreys_p", "jeffreys_q", "nf", "pw_fw1_rv1", "pw_fw5_rv1", "wgan_lr1e-05"}
     assert {s["iterations"] for s in summary.values()} == {4}  # cut where the shortest (the NF) stands
+    assert summary["wgan_lr1e-05"]["best_mean"] == 2.0 and summary["wgan_lr1e-05"]["last_mean"] == 2.0
     assert summary["jeffreys_p"]["best_mean"] == pytest.approx(min(dual.history["val_nll_p"][:2]))
     assert summary["pw_fw5_rv1"]["best_mean"] == pytest.approx(min(pw[1].history["val_nll_p"][:2]))
 
