@@ -304,6 +304,12 @@ def test_degenerate_weights_fall_back_to_the_flow_below_min_ess():
     mild = ImportancePosterior(StdNormal(1), FlowTiltedEnergy(Linear()), prior, min_ess=1 / 16)
     s = mild.sample((20_000,), x=torch.zeros(1, 2), show_progress_bars=False)
     assert mild.fell_back is not None and not bool(mild.fell_back.any()) and abs(float(s.mean()) - 1.0) < 0.05
+    # log_prob follows the samples: the flow's density where the sampler falls back, else q's
+    theta, x = torch.linspace(-3, 3, 7).unsqueeze(-1), torch.zeros(1, 2)
+    normal = torch.distributions.Normal
+    assert torch.allclose(guarded.log_prob(theta, x=x), normal(0.0, 1.0).log_prob(theta[:, 0]), atol=1e-4)
+    assert torch.allclose(mild.log_prob(theta, x=x), normal(1.0, 1.0).log_prob(theta[:, 0]), atol=0.15)
+    assert (pure.log_prob(theta, x=x) - normal(0.0, 1.0).log_prob(theta[:, 0])).abs().max() > 10  # no guard: q's
     with pytest.raises(ValueError, match="min_ess"):
         ImportancePosterior(StdNormal(1), Constant(0.0), prior, min_ess=2.0)
 

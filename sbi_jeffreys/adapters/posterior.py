@@ -14,7 +14,7 @@ from :math:`p_\theta(\cdot\mid x)` over the support (eq. 12):
 The proxy's log-density comes from :func:`~sbi_jeffreys.nets.ebm.proxy_log_density`, so the
 free EBM and the flow-tilted proxy :math:`\log p_\theta + g_\psi` are handled alike.
 
-Module size (about 370 lines): two posterior families on one base class, each a few dozen
+Module size (about 430 lines): two posterior families on one base class, each a few dozen
 lines; the base holds everything sbi's ``NeuralPosterior`` API asks of both.
 """
 
@@ -182,9 +182,23 @@ class ProxyPosterior(NeuralPosterior):
     @torch.no_grad()
     def log_zeta(self, x: Tensor) -> Tensor:
         r"""Per-condition :math:`\log\hat\zeta(x)` over the prior's support (eq. 12), ``(B,)``."""
+        return self._normalizers(x)[0]
+
+    @torch.no_grad()
+    def _normalizers(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        r"""From one set of ``num_zeta_samples`` flow draws per condition: :math:`\log\hat\zeta(x)`,
+        the effective sample size of the importance weights (a fraction) and
+        :math:`\log\hat P_{p_\theta}(\text{support})`, each ``(B,)``."""
         y, logp = self.flow.sample_and_log_prob((self.num_zeta_samples,), x)
         w = self._log_weights(y, logp, x)  # f - log p, -inf outside the support
-        return log_partition(w, torch.zeros_like(w))
+        zero = torch.zeros_like(w)
+        ess = 1.0 / (torch.softmax(w, dim=0).pow(2).sum(0) * w.shape[0])
+        inside = torch.where(torch.isfinite(w), 0.0, -math.inf)
+        return log_partition(w, zero), ess, log_partition(inside, zero)
+
+    def _falls_back(self, ess: Tensor) -> Tensor:
+        """Whether a condition with this effective sample size is served by the flow instead."""
+        return torch.zeros_like(ess, dtype=torch.bool)
 
     @torch.no_grad()
     def log_ratio(self, theta: Tensor, x: Tensor, chunk: int = 256) -> Tensor:
@@ -212,14 +226,20 @@ class ProxyPosterior(NeuralPosterior):
         return torch.cat(out)
 
     def log_prob(self, theta: Tensor, x: Tensor | None = None, track_gradients: bool = False) -> Tensor:
-        r"""Quasi-normalized :math:`f_\psi(\theta,x)/T - \log\hat\zeta(x)`; :math:`-\infty` outside the support."""
+        r"""Quasi-normalized :math:`f_\psi(\theta,x)/T - \log\hat\zeta(x)`; :math:`-\infty` outside the
+        support. Where the sampler serves the flow instead (``min_ess``), the flow's density
+        renormalized to the support, so that ``log_prob`` and ``sample`` describe one distribution."""
         x = self._condition(x)
         if x.shape[0] != 1:
             raise ValueError(".log_prob() takes one observation.")
         theta = torch.as_tensor(theta, dtype=torch.float32, device=self._device)
         theta2 = theta.reshape(-1, theta.shape[-1])
+        log_zeta, ess, log_inside = self._normalizers(x)
         with torch.set_grad_enabled(track_gradients):
-            f = self._log_density(theta2.unsqueeze(-2), x).squeeze(-1) - self.log_zeta(x)
+            if bool(self._falls_back(ess).any()):
+                f = self.flow.log_prob(theta2.unsqueeze(-2), x).squeeze(-1) - log_inside
+            else:
+                f = self._log_density(theta2.unsqueeze(-2), x).squeeze(-1) - log_zeta
         inside = within_support(self.prior, theta2)
         return torch.where(inside, f, torch.full_like(f, -math.inf)).reshape(theta.shape[:-1])
 
@@ -347,7 +367,8 @@ class ImportancePosterior(ProxyPosterior):
     1/``oversampling`` or below: the resampled set has many duplicates, trust it less).
     With ``min_ess``, a condition whose effective sample size falls below it gets flow samples
     (inside the support) instead, flagged in ``fell_back``: a resampled set drawn from a few
-    spiking weights is worse than the proposal it came from (``log_prob`` stays the proxy's).
+    spiking weights is worse than the proposal it came from. ``log_prob`` follows the same rule,
+    judged on its ``num_zeta_samples`` draws: below ``min_ess`` it is the flow's density on the support.
 
     >>> import torch
     >>> from sbi.utils import BoxUniform
@@ -387,6 +408,9 @@ class ImportancePosterior(ProxyPosterior):
         self.fell_back: Tensor | None = None
         self._purpose = "It samples the Jeffreys proxy by importance resampling of flow samples."
 
+    def _falls_back(self, ess: Tensor) -> Tensor:
+        return ess < (self.min_ess or 0.0)  # never without min_ess
+
     @torch.no_grad()
     def _draw(self, n: int, x: Tensor, show_progress_bars: bool) -> Tensor:
         if n == 0:
@@ -397,7 +421,7 @@ class ImportancePosterior(ProxyPosterior):
             raise RuntimeError("No flow sample fell inside the prior's support for some observation.")
         w = torch.softmax(log_w, dim=0)  # (nk, B)
         self.effective_sample_size = ess = 1.0 / (w.pow(2).sum(0) * w.shape[0])
-        self.fell_back = ess < (self.min_ess or 0.0)  # never without min_ess
+        self.fell_back = self._falls_back(ess)
         if self.fell_back.any():  # degenerate weights: those conditions get the flow (inside the support)
             flat = torch.softmax(torch.where(torch.isfinite(log_w), 0.0, -math.inf), dim=0)
             w = torch.where(self.fell_back, flat, w)
