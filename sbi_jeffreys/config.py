@@ -25,6 +25,7 @@ class JeffreysConfig:
     multiplier_init: float = 0.01
     min_rv_multiplier: float = 0.0  # floor of lambda_rv (beyond the paper; DualState)
     max_rv_multiplier: float | None = None  # cap of lambda_rv; 0 turns the reverse KL off (ablation)
+    min_rv_ratio: float = 0.0  # floor of lambda_rv relative to lambda_fw (beyond the paper; DualState)
     eps_zeta: float = 0.1
     zeta_constraint: str = "box"  # B.6's batch-mean box, or "per_condition" (zeta_constraints)
     negative_nll: bool = True

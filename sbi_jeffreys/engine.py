@@ -64,6 +64,7 @@ class JeffreysTrainer(TrainerState):
             negative_nll=config.negative_nll and not fixed,
             min_rv=0.0 if fixed else config.min_rv_multiplier,
             max_rv=None if fixed else config.max_rv_multiplier,
+            min_rv_ratio=0.0 if fixed else config.min_rv_ratio,
             init_values=config.fixed_weights,
         ).to(device)
         # a recorded step keeps Adam's step counts on the device (capturable); CPU runs eagerly

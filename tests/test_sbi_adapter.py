@@ -859,6 +859,13 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
         make_inference(prior).append_simulations(theta, x).train(
             **{**TINY, "num_zeta_samples": 8}, checkpoint_path=path
         )
+    # a checkpoint from before an option existed resumes when the option is at its default
+    state = torch.load(path, weights_only=True)
+    del state["trainer"]["config"]["min_rv_ratio"]
+    torch.save(state, path)
+    make_inference(prior).append_simulations(theta, x).train(**TINY, checkpoint_path=path)
+    with pytest.raises(ValueError, match="other training options.*min_rv_ratio"):
+        make_inference(prior).append_simulations(theta, x).train(**TINY, min_rv_ratio=0.5, checkpoint_path=path)
 
 
 class _Evil:

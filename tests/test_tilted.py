@@ -337,6 +337,20 @@ def test_rv_multiplier_bounds_hold_under_ascent():
     assert float(off.value[1]) == 0.0
 
 
+def test_rv_multiplier_ratio_floor_follows_the_forward_multiplier():
+    dual = DualState(init=0.01, lr=1.0, min_rv_ratio=0.5, negative_nll=False)
+    dual.ascend(torch.tensor([2.0, -5.0, 0.0, 0.0, 0.0]))  # lambda_fw -> 2.01; lambda_rv pushed below 0
+    assert float(dual.value[0]) == pytest.approx(2.01) and float(dual.value[1]) == pytest.approx(1.005)
+    dual.ascend(torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]))  # above the floor it moves freely
+    assert float(dual.value[1]) == pytest.approx(4.005)
+    dual.ascend(torch.tensor([-1.0, -10.0, 0.0, 0.0, 0.0]))  # the floor moves down with lambda_fw
+    assert float(dual.value[1]) == pytest.approx(0.505)
+    with pytest.raises(ValueError, match="min_rv_ratio"):
+        DualState(min_rv_ratio=-1.0)
+    with pytest.raises(ValueError, match="min_rv_ratio"):
+        DualState(min_rv_ratio=1.0, max_rv=0.0)
+
+
 # ------------------------------------------------------------------ latent-space MALA
 def _sbi_flow(kind):
     from sbi.neural_nets import posterior_nn

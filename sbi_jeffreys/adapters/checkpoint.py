@@ -64,7 +64,10 @@ def check_same_run(state: dict[str, Any], theta: Tensor, x: Tensor, config) -> N
             "The checkpoint was written for other simulations than the ones appended; "
             "delete it or pass another checkpoint_path."
         )
-    saved, now = _normalized(state["trainer"]["config"]), _normalized(asdict(config))
+    # an option added after the checkpoint was written trained at its default: the same training
+    defaults = {f.name: f.default for f in fields(JeffreysConfig)}
+    saved = _normalized({**defaults, **state["trainer"]["config"]})
+    now = _normalized(asdict(config))
     if saved != now:
         diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
         raise ValueError(

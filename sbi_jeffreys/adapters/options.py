@@ -38,6 +38,7 @@ class JeffreysOptions:
         multiplier_init: initial λ_fw, λ_rv, λ_prx.
         min_rv_multiplier, max_rv_multiplier: bounds on λ_rv (beyond the paper; a cap of 0
             switches the reverse KL off).
+        min_rv_ratio: floor on λ_rv relative to λ_fw, λ_rv ≥ r·λ_fw (beyond the paper).
         early_stopping: ``"flow"`` watches the flow's validation NLL (NPE's rule), ``"proxy"`` the proxy's.
         eps_zeta: ε_ζ of the ζ constraint.
         zeta_constraint: ``"per_condition"`` (every condition's log ζ near 0) or ``"box"`` (B.6's batch mean).
@@ -58,6 +59,7 @@ class JeffreysOptions:
     multiplier_init: float = 0.01
     min_rv_multiplier: float = 0.0
     max_rv_multiplier: float | None = None
+    min_rv_ratio: float = 0.0
     early_stopping: Literal["flow", "proxy"] = "flow"
     eps_zeta: float = 1.0
     zeta_constraint: Literal["box", "per_condition"] = "per_condition"
@@ -114,6 +116,7 @@ class JeffreysOptions:
             multiplier_init=self.multiplier_init,
             min_rv_multiplier=self.min_rv_multiplier,
             max_rv_multiplier=self.max_rv_multiplier,
+            min_rv_ratio=self.min_rv_ratio,
             eps_zeta=self.eps_zeta,
             zeta_constraint=self.zeta_constraint,
             negative_nll=self.negative_nll,

@@ -182,6 +182,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         multiplier_init: float = _D.multiplier_init,
         min_rv_multiplier: float = _D.min_rv_multiplier,
         max_rv_multiplier: float | None = _D.max_rv_multiplier,
+        min_rv_ratio: float = _D.min_rv_ratio,
         early_stopping: Literal["flow", "proxy"] = _D.early_stopping,
         eps_zeta: float = _D.eps_zeta,
         zeta_constraint: Literal["box", "per_condition"] = _D.zeta_constraint,
@@ -209,9 +210,10 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         stop by the same rule. The dual's own options: ``energy_learning_rate`` (ψ),
         ``multiplier_learning_rate`` (λ_fw, λ_rv, λ_prx), ``zeta_multiplier_learning_rate``,
         ``multiplier_optimizer``, ``multiplier_init``, ``min_rv_multiplier`` / ``max_rv_multiplier``
-        (bounds on λ_rv; a cap of 0 turns the reverse KL off), ``early_stopping`` (``"flow"``
-        watches the flow's validation NLL, ``"proxy"`` the proxy's), ``eps_zeta`` (ζ box), ``zeta_constraint``
-        (``"per_condition"``: every condition's log ζ near 0; ``"box"``: B.6's batch mean), ``negative_nll`` (B.7),
+        (bounds on λ_rv; a cap of 0 turns the reverse KL off), ``min_rv_ratio`` (λ_rv ≥ r·λ_fw),
+        ``early_stopping`` (``"flow"`` watches the flow's validation NLL, ``"proxy"`` the proxy's),
+        ``eps_zeta`` (ζ box), ``zeta_constraint`` (``"per_condition"``: every condition's log ζ
+        near 0; ``"box"``: B.6's batch mean), ``negative_nll`` (B.7),
         ``num_zeta_samples`` (M per condition), ``num_rv_samples`` (reverse-KL samples per
         condition; ``None`` reuses the M ζ-samples), ``gradient_estimator``,
         ``temperature_weighted_kl`` (eq. 22 with the EBM's temperature),

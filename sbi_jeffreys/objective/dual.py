@@ -20,7 +20,9 @@ class DualState(nn.Module):
     :math:`\delta = 1/(2\lambda)` stays finite (the paper: "we also initialize λ to be non-zero").
     ``min_rv`` / ``max_rv`` bound :math:`\lambda_{rv}` (beyond the paper: a floor keeps the
     reverse KL from switching off as :math:`q \to p`; ``max_rv=0`` removes it, an ablation).
-    ``init_values`` sets :math:`(\lambda_{fw}, \lambda_{rv}, \lambda_{prx})` one by one; with zero
+    ``min_rv_ratio`` floors it relative to the data term, :math:`\lambda_{rv} \ge r\,\lambda_{fw}`
+    (λ_fw's level depends on θ's units, so an absolute floor means different things on different
+    tasks). ``init_values`` sets :math:`(\lambda_{fw}, \lambda_{rv}, \lambda_{prx})` one by one; with zero
     learning rates they are the fixed weights of the penalty problem (P-W).
     """
 
@@ -39,11 +41,15 @@ class DualState(nn.Module):
         init_zeta: float = 0.0,
         min_rv: float = 0.0,
         max_rv: float | None = None,
+        min_rv_ratio: float = 0.0,
         init_values: tuple[float, float, float] | None = None,
     ):
         super().__init__()
-        if lr < 0 or zeta_lr < 0 or init < 0 or init_zeta < 0:
-            raise ValueError("Multiplier learning rates and initial values must be non-negative.")
+        if lr < 0 or zeta_lr < 0 or init < 0 or init_zeta < 0 or min_rv_ratio < 0:
+            raise ValueError("Multiplier learning rates, initial values and min_rv_ratio must be non-negative.")
+        if min_rv_ratio > 0 and max_rv is not None:
+            raise ValueError("min_rv_ratio and max_rv together could contradict each other: give one.")
+        self.min_rv_ratio = float(min_rv_ratio)
         floor = torch.zeros(5)
         if negative_nll:
             floor[MULTIPLIERS.index("fw")] = floor[MULTIPLIERS.index("prx")] = min_multiplier
@@ -85,3 +91,6 @@ class DualState(nn.Module):
             self.lam.copy_(before + self.rates * (self.lam - before))
         torch.maximum(self.lam, self.floor, out=self.lam)
         torch.minimum(self.lam, self.ceiling, out=self.lam)
+        if self.min_rv_ratio > 0:  # in place, so that a recorded CUDA graph replays it
+            fw, rv = MULTIPLIERS.index("fw"), MULTIPLIERS.index("rv")
+            torch.maximum(self.lam[rv], self.min_rv_ratio * self.lam[fw], out=self.lam[rv])
