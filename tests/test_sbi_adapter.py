@@ -716,6 +716,11 @@ def test_proxy_gain_is_the_held_out_log_ratio_and_auto_follows_its_sign(trained_
         posterior = trained_tilted.build_posterior(sample_with="auto")
         assert isinstance(posterior, kind)
     assert posterior.min_ess == pytest.approx(1 / 16)  # auto guards against degenerate weights
+    # where it falls back (min_ess = 1: always), log_prob is the flow's, as sbi's DirectPosterior gives it
+    guarded = trained_tilted.build_posterior(sample_with="proxy", min_ess=1.0)
+    flow = trained_tilted.build_posterior(sample_with="flow")
+    t = flow.sample((20,), x=x[0], show_progress_bars=False)
+    assert torch.allclose(guarded.log_prob(t, x=x[0]), flow.log_prob(t, x=x[0]), atol=0.02)
 
 
 @pytest.mark.parametrize("kind", ["flow", "langevin_ula"])
