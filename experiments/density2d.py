@@ -24,9 +24,9 @@ and writes into ``--out``:
 Finished jobs are kept in ``OUT/jobs/`` (one JSON per job, written atomically) and are not
 redone when the command is re-run with the same settings; a training killed half-way (the dual,
 the NF, the stacked P-W, WGAN-GP) resumes from its checkpoint in ``OUT/jobs/`` (its ``seconds``
-then cover the resumed part only), so a 100,000-iteration run can span several device sessions. Paper settings
-(full mode): 1,000 train points (gmm40: 800) and
-10,000 test points, full batch, 25,000 iterations (gmm40: 100,000), LR 1e-3 (flow, NF) and
+then cover the resumed part only, column ``resumed``, and ``iters_per_second`` is left empty), so
+a 100,000-iteration run can span several device sessions. Paper settings (full mode): 1,000
+train points (gmm40: 800) and 10,000 test points, full batch, 25,000 iterations (gmm40: 100,000), LR 1e-3 (flow, NF) and
 1e-4 (EBM), multiplier LR 1e-4, ζ-multiplier LR 1e-3, ε_ζ = 0.1, λ init 0.01, M = 1,000,
 NSF 5 transforms x 8 bins, EBM 6 blocks x 64.
 
@@ -260,6 +260,7 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         out["curves"][model] = dict(iteration=iters, test_nll=nll, log_zeta=log_zeta)
         t = est.timing or dict(seconds=math.nan, eval_seconds=0.0)
         train_s = t["seconds"] - t["eval_seconds"]
+        resumed = bool(extra.pop("resumed", False))  # seconds cover the resumed part only: no rate
         out["rows"].append(
             dict(
                 dataset=dataset,
@@ -269,7 +270,8 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
                 iterations=settings["iterations"],
                 seconds=t["seconds"],
                 train_seconds=train_s,
-                iters_per_second=settings["iterations"] / train_s if train_s > 0 else math.nan,
+                iters_per_second=settings["iterations"] / train_s if train_s > 0 and not resumed else math.nan,
+                resumed=resumed,
                 device=dev,
                 status=status,
                 **extra,
@@ -287,12 +289,13 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         # --- NF baseline first (it is the faster one): the same flow by maximum likelihood (same
         # seed: same initial flow); kept in a .partial file in case the Jeffreys run is cut short
         nf = NFDensityEstimator(2, **flow_arch, lr=settings["nf_lr"], device=dev, seed=seed, cuda_graph=graph)
+        resumed = os.path.exists(f"{ckpt}.nf")
         try:
             nf.fit(train, **common, checkpoint_path=f"{ckpt}.nf", resume=True)
             status = "ok"
         except TrainingDivergedError as err:
             status = f"diverged: {err}"
-        record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan))
+        record("nf", nf, "val_nll_p", status, dict(final_log_zeta=math.nan, resumed=resumed))
         if status == "ok":
             out["maps"]["nf"] = (nf.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
         _write_json(partial, out)
@@ -308,14 +311,15 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
             cuda_graph=graph,
             **settings["config"],
         )
+        resumed = os.path.exists(ckpt)
         try:
             jeff.fit(train, **common, checkpoint_path=ckpt, resume=True)
             status = "ok"
         except TrainingDivergedError as err:
             status = f"diverged: {err}"
-        extra = dict(final_log_zeta=jeff.history["val_log_zeta"][-1] if status == "ok" else math.nan)
-        record("jeffreys_p", jeff, "val_nll_p", status, extra)
-        record("jeffreys_q", jeff, "val_nll_q", status, extra)
+        final = jeff.history["val_log_zeta"][-1] if status == "ok" else math.nan
+        record("jeffreys_p", jeff, "val_nll_p", status, dict(final_log_zeta=final, resumed=resumed))
+        record("jeffreys_q", jeff, "val_nll_q", status, dict(final_log_zeta=final, resumed=resumed))
         if status == "ok":
             out["maps"]["jeffreys_p"] = (jeff.log_prob(grid).exp() * area).reshape(GRID, GRID).tolist()
             q = jeff.proxy_log_prob(grid, num_samples=max(10_000, settings["config"]["num_zeta_samples"]))
@@ -342,8 +346,9 @@ def run_job(dataset: str, seed: int, settings: dict, job_dir: str, progress: boo
         wgan = WGANGPDensityEstimator(
             2, **flow_arch, generator_lr=lr, critic_lr=1e-5, device=dev, seed=seed, cuda_graph=graph
         )
+        resumed = os.path.exists(f"{ckpt}.wgan{lr:g}")
         wgan.fit(train, **common, checkpoint_path=f"{ckpt}.wgan{lr:g}", resume=True)
-        record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan))
+        record(f"wgan_lr{lr:g}", wgan, "val_nll_p", "ok", dict(final_log_zeta=math.nan, resumed=resumed))
         _write_json(partial, out)
 
     _write_json(os.path.join(job_dir, f"{dataset}_seed{seed}.json"), out)
@@ -364,6 +369,7 @@ def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, p
         for w_fw, w_rv in settings["pw_weights"]
     }
     _write_json(f"{ckpt[: -len('.ckpt.pw')]}.pw_models.json", list(ests))  # names the checkpoint's stack (reports)
+    resumed = os.path.exists(ckpt)
     fit_stacked(
         list(ests.values()),
         train,
@@ -378,7 +384,12 @@ def run_stacked_pw(settings: dict, arch: dict, train, test, seed: int, record, p
     for model, est in ests.items():
         log_zeta = est.history.get("val_log_zeta", [math.nan])
         finite = all(math.isfinite(v) for v in est.history.get("val_nll_p", [math.nan]))
-        extra = dict(final_log_zeta=log_zeta[-1], max_abs_log_zeta=float(np.nanmax(np.abs(log_zeta))), stacked=True)
+        extra = dict(
+            final_log_zeta=log_zeta[-1],
+            max_abs_log_zeta=float(np.nanmax(np.abs(log_zeta))),
+            stacked=True,
+            resumed=resumed,
+        )
         record(model, est, "val_nll_p", "ok" if finite else "diverged: NaN", extra)
 
 
@@ -602,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             "seconds",
             "train_seconds",
             "iters_per_second",
+            "resumed",
             "device",
             "final_log_zeta",
             "map_mass",

@@ -181,7 +181,7 @@ def test_density2d_script(tmp_path):
     for r in rows:
         assert r["dataset"] == "ring8" and r["seed"] == "0" and r["iterations"] == "50" and r["status"] == "ok"
         assert math.isfinite(float(r["best_test_nll"])) and float(r["best_test_nll"]) <= float(r["last_test_nll"])
-        assert float(r["iters_per_second"]) > 0 and r["device"] == "cpu"
+        assert float(r["iters_per_second"]) > 0 and r["device"] == "cpu" and r["resumed"] == "False"
         # a normalized flow holds (nearly) all its mass on the plotted square; q's mass is positive
         mass = float(r["map_mass"])
         assert (0.5 < mass < 1.1) if r["model"] != "jeffreys_q" else mass > 0, (r["model"], mass)
