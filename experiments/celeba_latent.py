@@ -67,6 +67,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fid-every", type=int, default=1, help="evaluate (FID, held-out NLL) every K epochs")
     p.add_argument("--fid-reference", type=int, default=10_000, help="training images in the FID reference")
+    p.add_argument(
+        "--cuda-graph", action="store_true", help="replay each density training step as a CUDA graph (CUDA only)"
+    )
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     quick = args.quick
@@ -80,9 +83,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def estimator(method: str, args: argparse.Namespace, features: int):
     preset = paper_d3(args.quick, ENERGY.get(method, "residual"))
     if method in ENERGY:
-        return JeffreysDensityEstimator(features, device=args.device, seed=args.seed, **preset)
+        return JeffreysDensityEstimator(
+            features, device=args.device, seed=args.seed, cuda_graph=args.cuda_graph, **preset
+        )
     flow = {k: preset[k] for k in FLOW_KEYS}
-    return NFDensityEstimator(features, lr=preset["flow_lr"], device=args.device, seed=args.seed, **flow)
+    return NFDensityEstimator(
+        features, lr=preset["flow_lr"], device=args.device, seed=args.seed, cuda_graph=args.cuda_graph, **flow
+    )
 
 
 def image_metrics(model: LatentDensityEstimator, fid: FID, n: int, proxy: bool) -> dict[str, float]:

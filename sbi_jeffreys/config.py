@@ -52,8 +52,6 @@ class JeffreysConfig:
         for name in ("flow_lr", "energy_lr", "num_zeta_samples", "zeta_every"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}.")
-        if self.cuda_graph and self.zeta_every != 1:
-            raise ValueError("cuda_graph needs zeta_every=1: a recorded step cannot branch on the step count.")
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         if self.flow_betas is not None:
             self.flow_betas = (float(self.flow_betas[0]), float(self.flow_betas[1]))

@@ -99,16 +99,34 @@ class JeffreysTrainer(TrainerState):
         reparam = cfg.gradient_estimator == "reparameterized" if reparameterized is None else reparameterized
         draw = None
         if context is None and cfg.zeta_every > 1:
-            if self._zeta_cache is None or self.step_count % cfg.zeta_every == 0:
-                with torch.no_grad():
-                    self._zeta_cache = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+            if self._zeta_cache is None:
+                self._redraw_zeta(context)
             draw = self._zeta_cache
         return step_terms(
             self.flow, self.energy, inputs, context, cfg.num_zeta_samples, cfg.num_rv_samples, reparam, draw
         )
 
+    def _redraw_zeta(self, context: Tensor | None) -> None:
+        """D.3's proposals for ζ, redrawn every ``zeta_every`` steps (unconditional only). Drawn
+        before the step, outside it, and copied into the same buffers: a step replayed as a CUDA
+        graph cannot branch on the step count, but it reads whatever these buffers hold."""
+        cfg = self.config
+        if context is not None or cfg.zeta_every == 1:
+            return
+        if self._zeta_cache is not None and self.step_count % cfg.zeta_every != 0:
+            return
+        self.flow.train()
+        with torch.no_grad():
+            draw = self.flow.sample_and_log_prob((cfg.num_zeta_samples,), context)
+        if self._zeta_cache is None:
+            self._zeta_cache = draw
+        else:
+            for buffer, new in zip(self._zeta_cache, draw):
+                buffer.copy_(new)
+
     def step(self, inputs: Tensor, context: Tensor | None = None) -> dict[str, Tensor]:
         """One GDA step; returns detached 0-d device tensors (no host sync)."""
+        self._redraw_zeta(context)
         stats = self._gda_step(inputs, context)
         self.step_count += 1
         return stats
@@ -141,6 +159,7 @@ class JeffreysTrainer(TrainerState):
     def train_step(self, inputs: Tensor, context: Tensor | None = None) -> None:
         """One GDA step whose statistics are summed on the device until :meth:`read_statistics`;
         replayed as a CUDA graph with ``config.cuda_graph`` on a CUDA device."""
+        self._redraw_zeta(context)
         if self._graph is not None:
             self._graph(inputs, context)
         else:

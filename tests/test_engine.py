@@ -143,6 +143,21 @@ def test_resume_continues_exactly(tmp_path, estimator, optimizer, zeta_every):
     assert any(not torch.equal(mid[k], sa[k]) for k in sa if k.startswith("energy."))
 
 
+def test_zeta_proposals_are_redrawn_every_k_steps_into_the_same_buffers():
+    # D.3 (zeta_every = k): fresh proposals at steps 0, k, 2k, ...; drawn outside the step and
+    # copied into one set of buffers, which a step replayed as a CUDA graph reads
+    tr = JeffreysTrainer(*make_models(0), JeffreysConfig(num_zeta_samples=32, zeta_every=3))
+    seen, buffers = [], None
+    for _ in range(7):
+        tr.train_step(DATA[:32])
+        assert tr._zeta_cache is not None
+        buffers = buffers or tuple(tr._zeta_cache)
+        assert all(a is b for a, b in zip(buffers, tr._zeta_cache))
+        seen.append(tr._zeta_cache[0].clone())
+    changed = [not torch.equal(seen[i], seen[i - 1]) for i in range(1, 7)]
+    assert changed == [False, False, True, False, False, True]
+
+
 # --------------------------------------------------------------------------- 6. it learns
 def test_short_run_lowers_test_nll():
     train, test = load_toy2d("ring8", 1000, 2000, seed=0)

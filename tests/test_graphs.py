@@ -31,10 +31,12 @@ def _jeffreys(graph: bool, steps: int, **kw):
 
 
 @cuda
-@pytest.mark.parametrize("estimator", ["reparameterized", "score"])
-def test_replayed_jeffreys_steps_match_eager(estimator):
-    eager, t_eager = _jeffreys(False, 12, gradient_estimator=estimator)
-    graph, t_graph = _jeffreys(True, 12, gradient_estimator=estimator)
+@pytest.mark.parametrize("estimator,zeta_every", [("reparameterized", 1), ("score", 1), ("reparameterized", 4)])
+def test_replayed_jeffreys_steps_match_eager(estimator, zeta_every):
+    # zeta_every > 1 (D.3): the proposals are redrawn outside the recording, into its buffers
+    kw = dict(gradient_estimator=estimator, zeta_every=zeta_every)
+    eager, t_eager = _jeffreys(False, 12, **kw)
+    graph, t_graph = _jeffreys(True, 12, **kw)
     assert t_graph._graph.recorded and t_graph.step_count == t_eager.step_count == 12
     for a, b in ((eager.flow, graph.flow), (eager.energy, graph.energy)):
         torch.testing.assert_close(_params(a), _params(b), rtol=1e-4, atol=1e-5)
