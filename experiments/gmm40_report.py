@@ -253,9 +253,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--in-progress", action="store_true", help="report the runs' checkpoints (unfinished runs)")
     p.add_argument("--at", type=int, default=None, help="with --in-progress: cut every curve here")
     args = p.parse_args(argv)
+    note = ""
     if args.in_progress:
         rows, curves, cut = read_checkpoints(args.runs, args.at)
-        print(f"In progress: every curve cut at iteration {cut}.")
+        note = f"In progress: every curve cut at iteration {cut}.\n\n"
+        print(note.strip())
     else:
         rows, curves = read(args.runs)
     if not rows:
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         writer = csv.DictWriter(fh, fieldnames=list(summary[0]))
         writer.writeheader()
         writer.writerows(summary)
-    (args.out / "table.md").write_text(markdown(summary))
+    (args.out / "table.md").write_text(note + markdown(summary))  # a cut table says where
     plot(curves, summary, args.out)
     print(markdown(summary))
     return summary

@@ -314,6 +314,7 @@ def test_gmm40_report_in_progress_reads_every_kind_of_checkpoint(tmp_path):
     assert summary["wgan_lr1e-05"]["best_mean"] == 2.0 and summary["wgan_lr1e-05"]["last_mean"] == 2.0
     assert summary["jeffreys_p"]["best_mean"] == pytest.approx(min(dual.history["val_nll_p"][:2]))
     assert summary["pw_fw5_rv1"]["best_mean"] == pytest.approx(min(pw[1].history["val_nll_p"][:2]))
+    assert (tmp_path / "out" / "table.md").read_text().startswith("In progress: every curve cut at iteration 4.")
 
 
 def test_config_passed_whole_equals_its_fields_and_rejects_mixing(ring8):
