@@ -20,22 +20,13 @@ import time
 
 import torch
 
-from sbi_jeffreys.adapters.density import JeffreysDensityEstimator
-from sbi_jeffreys.adapters.latent import paper_d3
-from sbi_jeffreys.baselines.nf import NFDensityEstimator
-
-FLOW_KEYS = ("flow_transforms", "flow_bins", "flow_hidden", "flow_passes")
+from sbi_jeffreys.adapters.latent import latent_estimator
 
 
 def build(model: str, quick: bool, device: str, graph: bool):
-    if model == "nf":
-        preset = paper_d3(quick)
-        flow = {k: preset[k] for k in FLOW_KEYS}
-        return NFDensityEstimator(100, lr=preset["flow_lr"], device=device, seed=0, cuda_graph=graph, **flow)
-    energy = "flow_tilted" if model == "jeffreys_tilted" else "residual"
-    preset = paper_d3(quick, energy)
-    preset["warm_start_steps"] = 0  # the warm start runs once, before training: not a step's cost
-    return JeffreysDensityEstimator(100, device=device, seed=0, cuda_graph=graph, **preset)
+    # the warm start runs once, before training: not a step's cost
+    extra = {} if model == "nf" else {"warm_start_steps": 0}
+    return latent_estimator(model, 100, quick, device=device, seed=0, cuda_graph=graph, **extra)
 
 
 def steps_per_second(model: str, quick: bool, device: str, graph: bool, steps: int, batch: int) -> float:

@@ -32,17 +32,13 @@ from pathlib import Path
 
 import torch
 
-from sbi_jeffreys.adapters.density import JeffreysDensityEstimator
-from sbi_jeffreys.adapters.latent import LatentDensityEstimator, paper_d3
-from sbi_jeffreys.baselines import NFDensityEstimator
+from sbi_jeffreys.adapters.latent import ENERGY, LatentDensityEstimator, latent_estimator, paper_d3
 from sbi_jeffreys.engine import TrainingDivergedError
 from sbi_jeffreys.images import DATASETS, FID, Autoencoder, load_images
 from sbi_jeffreys.trainer_state import atomic_save
 
 LABELS = {"nf": "NF", "jeffreys_tilted": "p_theta (flow-tilted)", "jeffreys": "p_theta (paper EBM)"}
 PLOT_LABELS = {**LABELS, "jeffreys_tilted_proxy": "q_psi (flow-tilted, resampled)"}
-ENERGY = {"jeffreys": "residual", "jeffreys_tilted": "flow_tilted"}
-FLOW_KEYS = ("flow_transforms", "flow_bins", "flow_hidden", "flow_passes")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,14 +77,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def estimator(method: str, args: argparse.Namespace, features: int):
-    preset = paper_d3(args.quick, ENERGY.get(method, "residual"))
-    if method in ENERGY:
-        return JeffreysDensityEstimator(
-            features, device=args.device, seed=args.seed, cuda_graph=args.cuda_graph, **preset
-        )
-    flow = {k: preset[k] for k in FLOW_KEYS}
-    return NFDensityEstimator(
-        features, lr=preset["flow_lr"], device=args.device, seed=args.seed, cuda_graph=args.cuda_graph, **flow
+    return latent_estimator(
+        method, features, args.quick, device=args.device, seed=args.seed, cuda_graph=args.cuda_graph
     )
 
 

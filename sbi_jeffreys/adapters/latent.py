@@ -33,7 +33,10 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["LatentDensityEstimator", "paper_d3"]
+from sbi_jeffreys.adapters.density import JeffreysDensityEstimator
+from sbi_jeffreys.baselines.nf import NFDensityEstimator
+
+__all__ = ["LatentDensityEstimator", "latent_estimator", "paper_d3"]
 
 
 class UnconditionalEstimator(Protocol):
@@ -85,6 +88,26 @@ def paper_d3(quick: bool = False, energy: str = "residual") -> dict[str, Any]:
         )
         preset.update(energy_lr=1e-4)  # the paper's 1e-6 is for f/T with T = 0.01
     return preset
+
+
+ENERGY = {"jeffreys": "residual", "jeffreys_tilted": "flow_tilted"}
+FLOW_KEYS = ("flow_transforms", "flow_bins", "flow_hidden", "flow_passes")
+
+
+def latent_estimator(
+    method: str, features: int, quick: bool = False, **kwargs: Any
+) -> JeffreysDensityEstimator | NFDensityEstimator:
+    """The unconditional estimator of the latent experiment: ``"nf"`` (the flow of
+    :func:`paper_d3` by maximum likelihood), ``"jeffreys"`` (p_θ with the paper's free EBM) or
+    ``"jeffreys_tilted"`` (p_θ with the flow-tilted proxy), on the D.3 preset. ``kwargs``
+    (``device``, ``seed``, ``cuda_graph``, or a preset field) go to the estimator."""
+    if method != "nf" and method not in ENERGY:
+        raise ValueError(f"Unknown latent method {method!r}: 'nf', {', '.join(map(repr, ENERGY))}.")
+    preset = paper_d3(quick, ENERGY.get(method, "residual"))
+    if method in ENERGY:
+        return JeffreysDensityEstimator(features, **{**preset, **kwargs})
+    flow = {k: preset[k] for k in FLOW_KEYS}
+    return NFDensityEstimator(features, lr=preset["flow_lr"], **flow, **kwargs)
 
 
 class LatentDensityEstimator:
