@@ -278,7 +278,7 @@ def plot(rows: list[dict], samples: dict, summary: dict, out: Path) -> None:
         best = f"best FID {res[key]:.1f}" if key in res else "no FID yet"
         ax.set_title(f"{PLOT_LABELS[method]}\n{best}", fontsize=9)
         ax.axis("off")
-    fig.suptitle(f"{name}: decoded samples, one latent seed\n(FID at N = {summary['fid_n']})", fontsize=9)
+    fig.suptitle(f"{name}:\ndecoded samples, one latent seed\n(FID at N = {summary['fid_n']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "samples.png", dpi=110)
     plt.close(fig)

@@ -269,3 +269,38 @@ def test_codec_only_trains_the_shared_autoencoder_without_fid_weights(tmp_path, 
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["settings"]["codec_only"] is True
     with pytest.raises(SystemExit):
         exp.parse([*argv, "--codec-only"])
+
+
+def test_latent_report_compares_with_the_nf_only_at_shared_epochs(tmp_path):
+    """A run cut at epoch 4 is compared with the NF's epochs 2 and 4, not with its epoch 6."""
+    import json
+
+    from experiments.latent_report import main
+
+    curves = {
+        "nf": [(2, {"fid": 100.0}), (4, {"fid": 90.0}), (6, {"fid": 70.0})],
+        "jeffreys_tilted": [
+            (2, {"fid": 95.0, "fid_proxy": 80.0, "proxy_ess": 0.5}),
+            (4, {"fid": 92.0, "fid_proxy": 85.0, "proxy_ess": 0.1}),
+        ],
+    }
+    runs = []
+    for method, rows in curves.items():
+        run = tmp_path / method
+        run.mkdir()
+        summary = dict(
+            dataset="orl", settings={"seed": 3}, fid_floor_heldout=10.0, fid_floor_reconstructed=50.0, fid_n=80
+        )
+        (run / "summary.json").write_text(json.dumps(summary))
+        fields = ["method", "epoch", "fid", "fid_proxy", "proxy_ess", "log_zeta"]
+        lines = [",".join(fields)] + [
+            ",".join([method, str(e)] + [str(r.get(k, "")) for k in fields[2:]]) for e, r in rows
+        ]
+        lines.append(f"{method},7,,,,1.5")  # an epoch without an evaluation is skipped
+        (run / "latent_epochs.csv").write_text("\n".join(lines) + "\n")
+        runs.append(str(run))
+    text = main([*runs, "--out", str(tmp_path / "report")])
+    assert "| 3 | NF | 70.0 (6) | 70.0 (6) | – |" in text
+    assert "| 3 | p_θ, flow-tilted | 92.0 (4) | 92.0 (4) | -1.5, 1 / 2 |" in text  # (95-100 + 92-90) / 2
+    assert "| 3 | q_ψ, flow-tilted (resampled) | 80.0 (2, ESS 0.500) | 85.0 (4) | -12.5, 2 / 2 |" in text
+    assert (tmp_path / "report" / "fid_curves.png").exists()
