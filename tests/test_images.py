@@ -304,3 +304,20 @@ def test_latent_report_compares_with_the_nf_only_at_shared_epochs(tmp_path):
     assert "| 3 | p_θ, flow-tilted | 92.0 (4) | 92.0 (4) | -1.5, 1 / 2 |" in text  # (95-100 + 92-90) / 2
     assert "| 3 | q_ψ, flow-tilted (resampled) | 80.0 (2, ESS 0.500) | 85.0 (4) | -12.5, 2 / 2 |" in text
     assert (tmp_path / "report" / "fid_curves.png").exists()
+
+
+def test_fid_duplicates_calibration_rises_as_fewer_images_are_distinct(tmp_path, monkeypatch):
+    import json
+
+    import experiments.fid_duplicates as exp
+    from sbi_jeffreys.images.fid import FlattenFeatures
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(exp, "InceptionPool3", lambda weights: FlattenFeatures(3 * 4 * 4))
+    monkeypatch.setattr(exp, "load_images", lambda *a, **k: torch.rand(400, 3, 4, 4) * 2 - 1)
+    out = exp.main(
+        ["--n", "200", "--reference", "300", "--distinct", "200", "20", "2", "1", "--out", str(tmp_path / "c.json")]
+    )
+    fids = [out["fid_by_distinct"][k] for k in ("200", "20", "2", "1")]
+    assert fids == sorted(fids) and fids[0] < 0.2 * fids[-1]
+    assert json.loads((tmp_path / "c.json").read_text())["n"] == 200
