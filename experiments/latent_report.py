@@ -42,15 +42,15 @@ def read_runs(folders: list[Path]) -> tuple[dict[int, dict], dict[tuple[int, str
         seed = int(summary["settings"]["seed"])
         seeds.setdefault(seed, {"dataset": summary["dataset"], "folders": []})
         seeds[seed]["folders"].append(folder)
-        for key in ("fid_floor_heldout", "fid_floor_reconstructed", "fid_n", "codec_test_mse", "hardware"):
+        for key in ("fid_floor_heldout", "fid_floor_reconstructed", "fid_n"):
             seeds[seed].setdefault(key, summary.get(key))
         with open(folder / "latent_epochs.csv") as fh:
             for row in csv.DictReader(fh):
-                values = {k: float(v) for k, v in row.items() if k not in ("method",) and v not in ("", None)}
+                values = {k: float(v) for k, v in row.items() if k != "method" and v not in ("", None)}
                 if "fid" not in values:
                     continue
                 epoch = int(values["epoch"])
-                curves[(seed, row["method"])][epoch] = {"fid": values["fid"], **values}
+                curves[(seed, row["method"])][epoch] = values
                 if "fid_proxy" in values:
                     proxy = {"fid": values["fid_proxy"], "proxy_ess": values.get("proxy_ess", math.nan)}
                     curves[(seed, row["method"] + "_proxy")][epoch] = proxy
