@@ -112,10 +112,10 @@ class TrainerState:
         self.flow.load_state_dict(snap["flow"])
         self.energy.load_state_dict(snap["energy"])
         self.dual.load_state_dict(snap["dual"])
-        self.opt_flow.load_state_dict(snap["opt_flow"])
-        self.opt_energy.load_state_dict(snap["opt_energy"])
+        load_optimizer_state(self.opt_flow, snap["opt_flow"])
+        load_optimizer_state(self.opt_energy, snap["opt_energy"])
         if self.dual.opt is not None and snap["opt_dual"]:
-            self.dual.opt.load_state_dict(snap["opt_dual"])
+            load_optimizer_state(self.dual.opt, snap["opt_dual"])
         self.epoch, self.step_count = snap["epoch"], snap["step"]
         self._zeta_cache = None
         if self._graph is not None:
@@ -168,6 +168,25 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["rng_cpu"].cpu())
     if torch.cuda.is_available() and state["rng_cuda"]:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+    """``opt.load_state_dict(state)``, keeping ``opt``'s own ``capturable`` mode.
+
+    ``load_state_dict`` takes the options of the saved param groups, so a checkpoint of a
+    CUDA-graph run (``capturable=True``) would make a CPU run's Adam step fail, and one of an
+    eager run would break a recorded step. The step counters follow the mode: on the
+    parameters' device when capturable."""
+    modes = [g.get("capturable") for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, mode in zip(opt.param_groups, modes):
+        if mode is None:
+            continue
+        group["capturable"] = mode
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            if isinstance(st.get("step"), Tensor):
+                st["step"] = st["step"].to(device=p.device if mode else "cpu", dtype=torch.float32)
 
 
 def atomic_save(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -116,6 +116,42 @@ def test_checkpoint_resume_continues_exactly(ring8, tmp_path, kind):
     assert torch.allclose(resumed.log_prob(test), full.log_prob(test))
 
 
+def _mark_capturable(tree) -> int:
+    """Set ``capturable=True`` in every optimizer state of a checkpoint (as a CUDA-graph run
+    writes them); returns how many param groups were marked."""
+    if isinstance(tree, dict):
+        if "param_groups" in tree:
+            for g in tree["param_groups"]:
+                g["capturable"] = True
+            return len(tree["param_groups"])
+        return sum(_mark_capturable(v) for v in tree.values())
+    return 0
+
+
+@pytest.mark.parametrize("kind", ["jeffreys", "nf", "wgan"])
+def test_checkpoint_of_a_cuda_graph_run_resumes_on_the_cpu(ring8, tmp_path, kind):
+    """A checkpoint whose Adam states say ``capturable=True`` (a CUDA-graph run) resumes
+    eagerly on the CPU, as the uncut fit (torch refuses a capturable step on CPU tensors)."""
+    from sbi_jeffreys.baselines.wgan import WGANGPDensityEstimator
+
+    train, test = ring8[0][:64], ring8[1][:200]
+    small = dict(flow_transforms=1, flow_hidden=(16,), seed=1)
+    cls, kw = {
+        "jeffreys": (JeffreysDensityEstimator, dict(small, energy_width=16, energy_blocks=1, num_zeta_samples=32)),
+        "nf": (NFDensityEstimator, small),
+        "wgan": (WGANGPDensityEstimator, dict(small, critic_width=8, critic_blocks=1, critic_steps=2)),
+    }[kind]
+    fit = dict(test=test, eval_every=4, show_progress=False, **({} if kind == "jeffreys" else {"batch_size": 32}))
+    full = cls(2, **kw).fit(train, iterations=8, **fit)
+    path = tmp_path / "state.pt"
+    cls(2, **kw).fit(train, iterations=4, checkpoint_path=path, **fit)
+    state = torch.load(path, weights_only=True)
+    assert _mark_capturable(state) >= 1
+    torch.save(state, path)
+    resumed = cls(2, **kw).fit(train, iterations=8, checkpoint_path=path, resume=True, **fit)
+    assert torch.allclose(resumed.log_prob(test), full.log_prob(test))
+
+
 @pytest.mark.parametrize("cls", [JeffreysDensityEstimator, NFDensityEstimator])
 def test_bad_inputs(cls):
     est = cls(2, flow_transforms=1, flow_hidden=(8,), seed=0)

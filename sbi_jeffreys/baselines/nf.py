@@ -22,7 +22,7 @@ from sbi_jeffreys.engine import TrainingDivergedError
 from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.loop import run_epochs
 from sbi_jeffreys.nets import UnconditionalFlow
-from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
+from sbi_jeffreys.trainer_state import atomic_save, load_optimizer_state, restore_rng, rng_state
 
 __all__ = ["NFDensityEstimator"]
 
@@ -203,7 +203,7 @@ class NFDensityEstimator:
             raise RuntimeError("Call build() first: the checkpoint fills the built flow.")
         state = torch.load(path, weights_only=True, map_location=self.device)
         self.flow.load_state_dict(state["flow"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.epoch = int(state["epoch"])
         self._history = {k: list(v) for k, v in state["history"].items()}
         restore_rng(state)

@@ -52,7 +52,7 @@ from sbi_jeffreys.loss import step_terms
 from sbi_jeffreys.nets.ebm import refresh_spectral_norm
 from sbi_jeffreys.objective import primal_surrogate
 from sbi_jeffreys.objective.lagrangian import constraint_values
-from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
+from sbi_jeffreys.trainer_state import atomic_save, load_optimizer_state, restore_rng, rng_state
 
 __all__ = ["StackedTrainer", "fit_stacked"]
 
@@ -206,8 +206,8 @@ class StackedTrainer:
             self.params[key].copy_(v)
         for key, v in state["buffers"].items():
             self.buffers[key].copy_(v)
-        self.opt_flow.load_state_dict(state["opt_flow"])
-        self.opt_energy.load_state_dict(state["opt_energy"])
+        load_optimizer_state(self.opt_flow, state["opt_flow"])
+        load_optimizer_state(self.opt_energy, state["opt_energy"])
         self.step_count = int(state["step_count"])
         for trainer, history in zip(self.trainers, state["histories"]):
             trainer.history = {k: list(v) for k, v in history.items()}

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from sbi_jeffreys.adapters.density import as_data, build_flow, chunked
 from sbi_jeffreys.graphs import StepGraph
 from sbi_jeffreys.nets import ResidualEnergy, refresh_spectral_norm
-from sbi_jeffreys.trainer_state import atomic_save, restore_rng, rng_state
+from sbi_jeffreys.trainer_state import atomic_save, load_optimizer_state, restore_rng, rng_state
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -210,7 +210,10 @@ class WGANGPDensityEstimator:
             raise RuntimeError("Call build() first: the checkpoint fills the built networks.")
         state = torch.load(path, weights_only=True, map_location=self.device)
         for key, m in self._parts().items():
-            m.load_state_dict(state[key])
+            if isinstance(m, torch.optim.Optimizer):
+                load_optimizer_state(m, state[key])
+            else:
+                m.load_state_dict(state[key])
         self.iteration = int(state["iteration"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         restore_rng(state)
