@@ -37,6 +37,7 @@ VARIANTS: dict[str, tuple[str | Callable, dict]] = {
     "tilted_rv_floor": ("flow_tilted", {"min_rv_multiplier": 0.5}),
     "tilted_no_rv": ("flow_tilted", {"max_rv_multiplier": 0.0}),
     "tilted_bound3": (energy_nn("flow_tilted", max_correction=3.0), {}),  # g = 3 tanh(g/3)
+    "tilted_warmup": ("flow_tilted", {"flow_warmup": True}),  # sbi's NPE first, then the dual
 }
 
 
@@ -83,6 +84,8 @@ def main() -> None:
         inference, seconds = train(task, theta, x, a.seed, variant)
         summary = inference._summary
         extra = {"epochs": summary["epochs_trained"][-1], "train_seconds": seconds}
+        if "warmup_epochs" in summary:
+            extra.update(warmup_epochs=summary["warmup_epochs"][-1], warmup_seconds=summary["warmup_seconds"][-1])
         if variant != "npe_nsf":
             extra.update(
                 {k: summary[k][-1] for k in ("lambda_fw", "lambda_rv", "lambda_prx", "val_nll_q", "val_nll_p")}

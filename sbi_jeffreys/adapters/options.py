@@ -50,6 +50,9 @@ class JeffreysOptions:
         warm_start_steps: B.8 warm start of a free EBM onto log p_θ (at most ten epochs of batches).
         flow_betas, energy_betas: Adam's betas (the flow: torch's, as NPE; the EBM: the paper's).
         cuda_graph: replay each training step as a CUDA graph (zuko flows on a GPU).
+        flow_warmup: first train the flow alone with sbi's own NPE loop (its loss, Adam and
+            early stopping, on the same train/validation split), then run the dual from that flow
+            (beyond the paper; docs/tried.md).
     """
 
     energy_learning_rate: float = 5e-4
@@ -72,6 +75,7 @@ class JeffreysOptions:
     flow_betas: tuple[float, float] = (0.9, 0.999)
     energy_betas: tuple[float, float] = (0.0, 0.9)
     cuda_graph: bool = False
+    flow_warmup: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():

@@ -195,6 +195,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         flow_betas: tuple[float, float] = _D.flow_betas,
         energy_betas: tuple[float, float] = _D.energy_betas,
         cuda_graph: bool = _D.cuda_graph,
+        flow_warmup: bool = _D.flow_warmup,
         options: JeffreysOptions | None = None,
         checkpoint_path: str | os.PathLike | None = None,
     ) -> nn.Module:
@@ -223,6 +224,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         the paper's (0, 0.9)). ``cuda_graph=True`` replays each training step as a CUDA graph
         (:mod:`sbi_jeffreys.graphs`): the same training, without the host's launch cost, which
         dominates these small networks' steps on a GPU; ignored on a CPU.
+        ``flow_warmup=True`` first trains the flow with sbi's own NPE loop (``NPE.train`` with
+        the sbi arguments above: its loss, optimizer and early stopping) and then runs the dual
+        from that flow on the same train/validation split; ``train_seconds`` counts both phases.
 
         ``options`` passes all of the dual's options at once (:class:`JeffreysOptions`, e.g.
         ``JeffreysOptions.paper_d4()``); each keyword's default is its field's. Giving both
@@ -250,10 +254,17 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if ckpt is not None:
             self.train_indices, self.val_indices = ckpt["train_indices"], ckpt["val_indices"]
         resume = (resume_training and self._trainer is not None) or ckpt is not None
+        warmup_seconds = 0.0
+        if opts.flow_warmup and not resume:
+            warmup_seconds = self._warm_up_flow(
+                training_batch_size, learning_rate, validation_fraction, stop_after_epochs,
+                max_num_epochs, clip_max_norm, retrain_from_scratch, dataloader_kwargs,
+            )  # fmt: skip
+            retrain_from_scratch = False  # keep the warmed-up flow
         train_loader, val_loader = self.get_dataloaders(
-            0, training_batch_size, validation_fraction, resume, dataloader_kwargs
+            0, training_batch_size, validation_fraction, resume or opts.flow_warmup, dataloader_kwargs
         )
-        fresh = self._neural_net is None or retrain_from_scratch
+        fresh = self._neural_net is None or retrain_from_scratch or (opts.flow_warmup and not resume)
         self._initialize_neural_network(retrain_from_scratch=retrain_from_scratch, start_idx=0)
         theta_all, x_all, _ = self.get_simulations(0)
         if fresh or self._energy_net is None:
@@ -333,7 +344,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
             )
         self._summary["epochs_trained"].append(trainer.epoch)
         self._summary["best_validation_loss"].append(best)
-        self._summary.setdefault("train_seconds", []).append(time.time() - start + earlier)
+        self._summary.setdefault("train_seconds", []).append(time.time() - start + earlier + warmup_seconds)
         self._summary.setdefault("num_excluded_simulations", []).append(getattr(self, "_num_excluded", 0))
         self._summary.setdefault("diverged", []).append(trainer.diverged)
         self._best_val_loss = best
@@ -347,6 +358,38 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
                 f"lambda = {dict(zip(('fw', 'rv', 'prx', 'zu', 'zl'), trainer.dual.value.tolist()))}"
             )
         return deepcopy(self._neural_net)
+
+    def _warm_up_flow(
+        self,
+        training_batch_size: int,
+        learning_rate: float,
+        validation_fraction: float,
+        stop_after_epochs: int,
+        max_num_epochs: int,
+        clip_max_norm: float | None,
+        retrain_from_scratch: bool,
+        dataloader_kwargs: dict | None,
+    ) -> float:
+        """``flow_warmup``: sbi's NPE training of the flow on this object (its split, loss and
+        early stopping); the energy and the dual start afresh from it. Returns the seconds spent."""
+        start = time.time()
+        PosteriorEstimatorTrainer.train(
+            self,
+            training_batch_size=training_batch_size,
+            learning_rate=learning_rate,
+            validation_fraction=validation_fraction,
+            stop_after_epochs=stop_after_epochs,
+            max_num_epochs=max_num_epochs,
+            clip_max_norm=clip_max_norm,
+            retrain_from_scratch=retrain_from_scratch,
+            dataloader_kwargs=dataloader_kwargs,
+        )
+        self._energy_net, self._trainer = None, None
+        self._summary.setdefault("warmup_epochs", []).append(self._summary["epochs_trained"].pop())
+        self._summary.setdefault("warmup_validation_loss", []).append(self._summary["best_validation_loss"].pop())
+        seconds = time.time() - start
+        self._summary.setdefault("warmup_seconds", []).append(seconds)
+        return seconds
 
     def _contexts(self, loader):
         while True:
