@@ -27,9 +27,11 @@ from sbi_jeffreys.benchmark.c2st import c2st_sbibm
 from sbi_jeffreys.benchmark.tasks import get_task, prior_on_device
 from sbi_jeffreys.nets.ebm import energy_nn
 
-#: name -> (energy_estimator: a name or a builder, train options); "npe_nsf" is sbi's NPE.
+#: name -> (energy_estimator: a name or a builder, train options); "npe_nsf" is sbi's NPE,
+#: "npe_nsf_restart" sbi's NPE trained twice on one split (the control of "tilted_warmup").
 VARIANTS: dict[str, tuple[str | Callable, dict]] = {
     "npe_nsf": ("", {}),
+    "npe_nsf_restart": ("", {}),
     "free": ("film_resnet", {}),  # part 1's default: the paper's free FiLM EBM
     "tilted": ("flow_tilted", {}),
     "tilted_m64": ("flow_tilted", {"num_zeta_samples": 64}),
@@ -41,16 +43,31 @@ VARIANTS: dict[str, tuple[str | Callable, dict]] = {
 }
 
 
+class RestartedNPE(NPE):
+    """sbi's NPE whose second ``train()`` keeps the first one's train/validation split: with
+    ``retrain_from_scratch=False`` it goes on from the trained flow with a fresh Adam and early
+    stopping. The control of ``flow_warmup``: NPE's warm-up followed by more NPE instead of the dual."""
+
+    def get_dataloaders(self, starting_round, batch_size, validation_fraction, resume_training=False, **kwargs):
+        again = resume_training or hasattr(self, "train_indices")
+        return super().get_dataloaders(starting_round, batch_size, validation_fraction, again, **kwargs)
+
+
 def train(task, theta, x, seed: int, variant: str):
     energy, options = VARIANTS[variant]
     seed_everything(seed)
     prior = prior_on_device(task)
-    if variant == "npe_nsf":
-        inference = NPE(prior=prior, density_estimator="nsf", show_progress_bars=False, tracker=_NullTracker())
+    if variant.startswith("npe_nsf"):
+        cls = RestartedNPE if variant == "npe_nsf_restart" else NPE
+        inference = cls(prior=prior, density_estimator="nsf", show_progress_bars=False, tracker=_NullTracker())
     else:
         inference = JeffreysNPE(prior, energy_estimator=energy, show_progress_bars=False, tracker=_NullTracker())
     start = time.perf_counter()
     inference.append_simulations(theta, x).train(**options)
+    if variant == "npe_nsf_restart":
+        first_epochs = inference._summary["epochs_trained"][-1]
+        inference.train(force_first_round_loss=True, **options)  # round 0: NPE's loss either way
+        inference._summary["warmup_epochs"] = [first_epochs]
     return inference, time.perf_counter() - start
 
 
@@ -84,9 +101,10 @@ def main() -> None:
         inference, seconds = train(task, theta, x, a.seed, variant)
         summary = inference._summary
         extra = {"epochs": summary["epochs_trained"][-1], "train_seconds": seconds}
-        if "warmup_epochs" in summary:
-            extra.update(warmup_epochs=summary["warmup_epochs"][-1], warmup_seconds=summary["warmup_seconds"][-1])
-        if variant != "npe_nsf":
+        if "warmup_epochs" in summary:  # flow_warmup's NPE phase (or the restart control's first training)
+            extra.update(warmup_epochs=summary["warmup_epochs"][-1])
+            extra.update(warmup_seconds=summary.get("warmup_seconds", [float("nan")])[-1])
+        if not variant.startswith("npe_nsf"):
             extra.update(
                 {k: summary[k][-1] for k in ("lambda_fw", "lambda_rv", "lambda_prx", "val_nll_q", "val_nll_p")}
             )
@@ -97,12 +115,12 @@ def main() -> None:
                 record.update({k: summary.get(k, []) for k in keys})
                 with open(a.history, "a") as f:
                     f.write(json.dumps(record) + "\n")
-        kinds = ["flow"] if variant == "npe_nsf" else a.posteriors
+        kinds = ["flow"] if variant.startswith("npe_nsf") else a.posteriors
         for kind in kinds:
             sample_with = {"mala": "langevin"}.get(kind, kind)
             posterior = (
                 inference.build_posterior()
-                if variant == "npe_nsf"
+                if variant.startswith("npe_nsf")
                 else inference.build_posterior(sample_with=sample_with)
             )
             for o in a.observations:
