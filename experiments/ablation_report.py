@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """A markdown table from ``experiments/proxy_ablation.py`` rows, paired by (seed, observation).
 
-Per task: each variant's posterior (``flow``, ``proxy``; ``auto`` is derived as
+Per task and budget: each variant's posterior (``flow``, ``proxy``; ``auto`` is derived as
 ``build_posterior(sample_with="auto")`` picks it: the proxy's rows where the held-out
 ``proxy_gain`` is positive and the ESS at least 1/16, else the flow's), its mean C2ST over the
 (seed, observation) cells, the cells where it is lower than each baseline's and the mean
 difference, and the mean training seconds (with the warm-up's share where there is one)::
 
-    python experiments/ablation_report.py .runs/warmup/rows.jsonl --baselines npe_nsf/flow tilted/auto \\
-        --out experiments/results/warmup_cpu/table.md
+    python experiments/ablation_report.py experiments/results/warmup_cpu/rows_*.jsonl \\
+        --baselines npe_nsf/flow npe_nsf_restart/flow tilted/auto --out experiments/results/warmup_cpu/table.md
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 
 import pandas as pd
 
-CELL = ["task", "seed", "observation"]
+CELL = ["task", "budget", "seed", "observation"]
 
 
 def with_auto(rows: pd.DataFrame) -> pd.DataFrame:
@@ -38,13 +38,13 @@ def table(rows: pd.DataFrame, baselines: list[str]) -> str:
     rows = with_auto(rows)
     rows["name"] = rows.variant + "/" + rows.posterior
     lines = []
-    for task, t in rows.groupby("task", sort=False):
+    for (budget, task), t in rows.groupby(["budget", "task"], sort=True):
         cells = t.pivot_table(index=["seed", "observation"], columns="name", values="c2st")
         seconds = t.groupby("variant").train_seconds.mean()
         warm = t.groupby("variant").warmup_seconds.mean() if "warmup_seconds" in t else pd.Series(dtype=float)
         head = " | ".join(f"lower than {b} (mean diff.)" for b in baselines)
         lines += [
-            f"### {task} ({len(cells)} cells: seeds {sorted(map(int, t.seed.unique()))}, "
+            f"### {task}, {budget:,} simulations ({len(cells)} cells: seeds {sorted(map(int, t.seed.unique()))}, "
             f"observations {sorted(map(int, t.observation.unique()))})",
             "",
             f"| posterior | mean C2ST | {head} | train s (warm-up) |",

@@ -9,7 +9,7 @@ def _rows() -> pd.DataFrame:
     rows = []
     for seed, gain, ess in ((0, 0.1, 0.9), (1, -0.1, 0.9), (2, 0.1, 0.01)):
         for obs in (1, 2):
-            base = dict(task="t", seed=seed, observation=obs, train_seconds=10.0, proxy_gain=gain)
+            base = dict(task="t", budget=1000, seed=seed, observation=obs, train_seconds=10.0, proxy_gain=gain)
             rows.append({**base, "variant": "npe_nsf", "posterior": "flow", "c2st": 0.7, "proxy_gain": None})
             rows.append({**base, "variant": "v", "posterior": "flow", "c2st": 0.6, "ess": None})
             rows.append({**base, "variant": "v", "posterior": "proxy", "c2st": 0.55, "ess": ess})
