@@ -100,11 +100,12 @@ def main() -> None:
     for variant in a.variants:
         inference, seconds = train(task, theta, x, a.seed, variant)
         summary = inference._summary
+        is_npe = variant.startswith("npe_nsf")  # sbi's NPE: the flow is its only posterior
         extra = {"epochs": summary["epochs_trained"][-1], "train_seconds": seconds}
         if "warmup_epochs" in summary:  # flow_warmup's NPE phase (or the restart control's first training)
             extra.update(warmup_epochs=summary["warmup_epochs"][-1])
             extra.update(warmup_seconds=summary.get("warmup_seconds", [float("nan")])[-1])
-        if not variant.startswith("npe_nsf"):
+        if not is_npe:
             extra.update(
                 {k: summary[k][-1] for k in ("lambda_fw", "lambda_rv", "lambda_prx", "val_nll_q", "val_nll_p")}
             )
@@ -115,14 +116,10 @@ def main() -> None:
                 record.update({k: summary.get(k, []) for k in keys})
                 with open(a.history, "a") as f:
                     f.write(json.dumps(record) + "\n")
-        kinds = ["flow"] if variant.startswith("npe_nsf") else a.posteriors
+        kinds = ["flow"] if is_npe else a.posteriors
         for kind in kinds:
             sample_with = {"mala": "langevin"}.get(kind, kind)
-            posterior = (
-                inference.build_posterior()
-                if variant.startswith("npe_nsf")
-                else inference.build_posterior(sample_with=sample_with)
-            )
+            posterior = inference.build_posterior() if is_npe else inference.build_posterior(sample_with=sample_with)
             for o in a.observations:
                 seed_everything(a.seed * 1000 + o)
                 x_o = task.get_observation(num_observation=o)

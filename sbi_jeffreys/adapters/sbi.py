@@ -254,8 +254,9 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         if ckpt is not None:
             self.train_indices, self.val_indices = ckpt["train_indices"], ckpt["val_indices"]
         resume = (resume_training and self._trainer is not None) or ckpt is not None
+        warm_up = opts.flow_warmup and not resume
         warmup_seconds = 0.0
-        if opts.flow_warmup and not resume:
+        if warm_up:
             warmup_seconds = self._warm_up_flow(
                 training_batch_size, learning_rate, validation_fraction, stop_after_epochs,
                 max_num_epochs, clip_max_norm, retrain_from_scratch, dataloader_kwargs,
@@ -264,7 +265,7 @@ class JeffreysNPE(PosteriorEstimatorTrainer):
         train_loader, val_loader = self.get_dataloaders(
             0, training_batch_size, validation_fraction, resume or opts.flow_warmup, dataloader_kwargs
         )
-        fresh = self._neural_net is None or retrain_from_scratch or (opts.flow_warmup and not resume)
+        fresh = self._neural_net is None or retrain_from_scratch or warm_up
         self._initialize_neural_network(retrain_from_scratch=retrain_from_scratch, start_idx=0)
         theta_all, x_all, _ = self.get_simulations(0)
         if fresh or self._energy_net is None:
